@@ -77,12 +77,17 @@ typedef enum flash4_path {
   FLASH4_PATH_NONE = -1     /* supported() answer: nothing can run it */
 } flash4_path;
 
-/* Options shared by forward and backward. Zero-initialise, then set. */
+/* Options shared by forward and backward. Zero-initialise, then set: all
+ * zeros means no mask, default scale, no softcap, batched, automatic path. */
 typedef struct flash4_attn_options {
   double softmax_scale;  /* 0 = default 1/sqrt(headdim); must be finite */
   int32_t causal;        /* bottom-right aligned when Sq != Sk */
-  int32_t window_left;   /* -1 = unbounded; query i sees keys        */
-  int32_t window_right;  /* [i+Sk-Sq-left, i+Sk-Sq+right]             */
+  /* Sliding window, only when use_window = 1 (so that zeroed options mean
+   * "no window"): query i sees keys [i+Sk-Sq-left, i+Sk-Sq+right], -1 = that
+   * side unbounded. With use_window = 0 both must be 0 or -1. */
+  int32_t use_window;
+  int32_t window_left;
+  int32_t window_right;
   double softcap;        /* 0 = off; else s = softcap*tanh(s/softcap) */
   /* varlen: set cu_seqlens_q and cu_seqlens_k (int32, B+1 entries, on the
    * same memory as q: device for GPU calls, host for the reference). */
