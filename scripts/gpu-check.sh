@@ -138,7 +138,8 @@ if git rev-parse --git-dir >/dev/null 2>&1 && ! git check-ignore -q "$BUILD_DIR/
 fi
 
 # ---- configure --------------------------------------------------------------
-CMAKE_ARGS=(-S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_PTXAS_VERBOSE=ON)
+CMAKE_ARGS=(-S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_PTXAS_VERBOSE=ON
+            "-DFLASH4_GIT_COMMIT_OVERRIDE=$FLASH4_GIT_COMMIT")
 if [[ -z "${GTEST_ROOT:-}" && -d .devcarry/gtest/usr ]]; then GTEST_ROOT=$ROOT/.devcarry/gtest/usr; fi
 if [[ -n "${GTEST_ROOT:-}" ]]; then
   CMAKE_ARGS+=("-DCMAKE_PREFIX_PATH=$GTEST_ROOT")
