@@ -1,0 +1,609 @@
+// Hopper (sm_90a) attention forward: TMA + wgmma + warp specialisation.
+//
+// CTA = 1 + kConsumers warpgroups (384 or 512 threads), looping over output
+// tiles (64 * kConsumers query rows of one (batch, head)): round r takes
+// tile r*gridDim.x + blockIdx.x (CTA order reversed on odd rounds).
+// The host launches either one CTA per tile or a persistent grid of one CTA
+// per SM; the code is the same.
+//   WG0      producer: setmaxnreg.dec; one thread issues every TMA load:
+//            per tile Q (once), then K and V blocks through a ring of
+//            kStages stages that runs on across tiles.
+//   WG1..    consumers: setmaxnreg.inc; consumer c owns rows [64c, 64c+64)
+//            of the tile. Per K/V block:
+//              S = Q K^T          SS wgmma (Q, K in 128B-swizzled smem)
+//              online softmax     registers, exp2 with the scale folded in
+//              O += P V           RS wgmma (P from registers, V MN-major)
+//            then O / l goes to a staging buffer in smem (swizzled as TMA
+//            expects) and out through a TMA store, which clips the row tail;
+//            the store drains while the next tile runs. LSE is stored directly.
+//
+// Pipelines (mbarriers, explicit phase parity):
+//   q_full  count 1 + tx bytes; q_empty count 4*kConsumers (every consumer
+//           warp, after its last Q K^T of the tile). Tile j with work uses
+//           parity j & 1.
+//   k/v_full  count 1 + tx bytes; k/v_empty count 4*kConsumers (after
+//           wgmma.wait).
+//   Global K/V iteration g uses stage g % kStages, parity (g / kStages) & 1.
+//   Producers wait on `empty` with the opposite parity (a fresh barrier
+//   counts as having completed the phase before phase 0).
+//
+// Options (template parameters of FwdConfig):
+//   kOverlap   issue S(j) = Q K_j^T before O += P(j-1) V(j-1) and run the
+//              softmax of block j while that P.V is in flight (FA3).
+//              The O rescale owed by block j-1 is applied between issuing
+//              S(j) and P(j-1) V(j-1), so it overlaps the Q K^T wgmma.
+//   kPingPong  the consumer warpgroups take turns issuing their wgmmas
+//              (named barriers), so one's softmax overlaps another's MMAs.
+//   kExp2EmuEvery  FA4's software exp2 for a fraction of the exponentials,
+//              to offload the MUFU pipe. Measured slower here (d64 and
+//              d128, 1/4 and 1/8 emulated): off in the shipped configs.
+//   kConsumers 2 or 3 (head dim 64) consumer warpgroups.
+//   kRescaleThreshold  when O (and l) are rescaled. Decided per warp
+//              (__any_sync), so the skip is warp-uniform.
+//              0: only when some row max of the warp grew; otherwise the
+//                 rescale (a multiply by exactly 1) is skipped: bit-exact.
+//              > 0 (FA4): the reference max moves only when the new max
+//                 exceeds it by more than this many log2 units; P may then
+//                 reach 2^threshold. Exact in real arithmetic (O and l share
+//                 the reference max) but the largest P is no longer exactly
+//                 1 before rounding, which adds bf16 rounding error.
+//
+// Masking: key j is visible to query i iff j < Sk and (non-causal or
+// j <= i + Sk - Sq). Causal skips fully masked K blocks and masks only blocks
+// that cross the diagonal or the Sk tail. K/V/Q tails past the sequence are
+// zero-filled by TMA; masked scores are -inf; rows with no visible key get
+// O = 0 and LSE = -inf.
+#pragma once
+#include <cuda.h>
+#include <cstdint>
+#include "sm90/ptx.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+// Kernel parameters, passed by value as a __grid_constant__.
+struct FwdKernelArgs {
+  CUtensorMap tm_q;  // dims {D, Sq, Hq, B}, box {64, kBlockM, 1, 1}
+  CUtensorMap tm_k;  // dims {D, Sk, Hkv, B}, box {64, kBlockN, 1, 1}
+  CUtensorMap tm_v;  // same as K
+  CUtensorMap tm_o;  // dims {D, Sq, Hq, B}, box {64, 64, 1, 1} (one consumer's rows)
+  float* lse;        // nullptr: not written
+  int64_t lse_batch_stride;
+  int64_t lse_head_stride;
+  int seqlen_q;
+  int seqlen_k;
+  int heads_q;
+  int group;           // Hq / Hkv
+  int num_m_blocks;    // ceil(Sq / kBlockM)
+  int num_hb;          // Hq * B
+  int heads_per_section;  // causal tile order: (b,h) pairs per L2 section
+  int num_tiles;       // num_m_blocks * num_hb (< 2^31, checked on the host)
+  float scale_log2;    // softmax_scale * log2(e), > 0
+};
+
+template <int kHeadDim_, typename Elem_, bool kCausal_, int kStages_ = 2, bool kOverlap_ = true,
+          bool kPingPong_ = true, int kRescaleThreshold_ = 0, int kExp2EmuEvery_ = 0,
+          int kConsumers_ = 2>
+struct FwdConfig {
+  using Elem = Elem_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kCausal = kCausal_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kOverlap = kOverlap_;
+  static constexpr bool kPingPong = kPingPong_;
+  static constexpr int kRescaleThreshold = kRescaleThreshold_;
+  // > 0: of each thread's 8-column groups c of S, those with
+  // c % kExp2EmuEvery == kExp2EmuEvery - 1 use the polynomial exp2
+  // (FMA pipe) instead of MUFU.EX2: 1/kExp2EmuEvery of the exponentials.
+  static constexpr int kExp2EmuEvery = kExp2EmuEvery_;
+
+  // Consumer warpgroups (64 query rows each): 2 (any head dim) or 3 (head
+  // dim 64: O + S + P = 128 registers fit the 160 that 3 consumers get).
+  static constexpr int kConsumers = kConsumers_;
+  static constexpr int kBlockM = 64 * kConsumers;
+  static constexpr int kBlockN = 128;
+  static constexpr int kNumThreads = 128 * (kConsumers + 1);
+  // Register split (multiple of 8, total <= 64K): 24/240 for 2 consumers, 32/160 for 3.
+  static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  static_assert(kConsumers == 2 || (kConsumers == 3 && kHeadDim_ == 64),
+                "3 consumer warpgroups only for head dim 64 (register budget)");
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
+                "register budget");
+
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
+  static_assert(kStages >= 2, "at least two K/V stages");
+
+  // A tile of R rows x kHeadDim is kPanels panels of R x 64 elements (128 B rows).
+  static constexpr int kPanels = kHeadDim / 64;
+  static constexpr int kPanelBytesM = kBlockM * 128;
+  static constexpr int kPanelBytesN = kBlockN * 128;
+  static constexpr int kQBytes = kPanels * kPanelBytesM;
+  static constexpr int kKVBytes = kPanels * kPanelBytesN;
+
+  // Shared-memory layout (offsets from a 1024-aligned base).
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffO = kOffQ + kQBytes;  // O staging, same shape as Q
+  static constexpr int kOffK = kOffO + kQBytes;
+  static constexpr int kOffV = kOffK + kStages * kKVBytes;
+  static constexpr int kOffBar = kOffV + kStages * kKVBytes;
+  // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
+  static constexpr int kNumBars = 2 + 4 * kStages;
+  // one scratch word per warp (see the scheduling pin in the main loop)
+  static constexpr int kOffScratch = kOffBar + 8 * kNumBars;
+  static constexpr int kSmemBytes = kOffScratch + 4 * (kNumThreads / 32) + 1024;  // + align slack
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
+};
+
+// Named barrier ids (0 is __syncthreads).
+enum FwdNamedBarrier : int {
+  kBarSched0 = 1,  // issue token of consumer c: kBarSched0 + c (c < 3)
+  kBarEpi0 = 4,    // per-consumer epilogue sync: kBarEpi0 + c (c < 3)
+};
+
+__device__ __forceinline__ int ceil_div_i(int a, int b) { return (a + b - 1) / b; }
+
+struct TileCoord {
+  int m_block, h, b;
+};
+
+// Tile order. Non-causal: m-blocks fastest, so CTAs running together share
+// one head's K/V in L2. Causal: (b,h) pairs in sections of
+// heads_per_section (sized on the host so a section's K/V fits in L2);
+// inside a section heaviest m-blocks first, pairs fastest.
+template <bool kCausal>
+__device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
+  int m, hb;
+  if constexpr (!kCausal) {
+    hb = t / a.num_m_blocks;
+    m = t - hb * a.num_m_blocks;
+  } else {
+    const int per_sec = a.num_m_blocks * a.heads_per_section;
+    const int sec = t / per_sec;
+    const int r = t - sec * per_sec;
+    const int hs = min(a.heads_per_section, a.num_hb - sec * a.heads_per_section);
+    m = a.num_m_blocks - 1 - r / hs;
+    hb = sec * a.heads_per_section + r % hs;
+  }
+  TileCoord c;
+  c.m_block = m;
+  c.b = hb / a.heads_q;
+  c.h = hb - c.b * a.heads_q;
+  return c;
+}
+
+// Number of K blocks tile m0 visits (causal rows see at most key m0+kBM-1+Sk-Sq).
+template <bool kCausal, int kBM, int kBN>
+__device__ __forceinline__ int tile_n_blocks(int m0, int Sq, int Sk) {
+  int n_end = Sk;
+  if constexpr (kCausal) n_end = min(Sk, m0 + kBM + Sk - Sq);
+  return n_end > 0 ? ceil_div_i(n_end, kBN) : 0;
+}
+
+template <class C>
+__global__ void __launch_bounds__(C::kNumThreads, 1)
+    fwd_kernel(const __grid_constant__ FwdKernelArgs args) {
+  using T = typename C::Elem;
+  constexpr int kD = C::kHeadDim;
+  constexpr int kBM = C::kBlockM;
+  constexpr int kBN = C::kBlockN;
+  constexpr int kS = C::kStages;
+  constexpr int kNS = kBN / 2;  // S accumulators per thread (64 x kBN per warpgroup)
+  constexpr int kNO = kD / 2;   // O accumulators per thread
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                             ~static_cast<uintptr_t>(1023));
+  uint8_t* sQ = smem + C::kOffQ;
+  uint8_t* sO = smem + C::kOffO;
+  uint8_t* sK = smem + C::kOffK;
+  uint8_t* sV = smem + C::kOffV;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
+  uint64_t* q_full = bars;
+  uint64_t* q_empty = bars + 1;
+  uint64_t* k_full = bars + 2;
+  uint64_t* k_empty = bars + 2 + kS;
+  uint64_t* v_full = bars + 2 + 2 * kS;
+  uint64_t* v_empty = bars + 2 + 3 * kS;
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int lane = tid % 32;
+  // Round r of the persistent loop takes tile r*G + blockIdx.x, in reverse
+  // CTA order on odd rounds (snake), so that with tiles sorted heaviest
+  // first (causal) no CTA gets the heaviest tile of every round.
+  auto tile_index = [&](int round) {
+    const int G = static_cast<int>(gridDim.x);
+    const int bid = static_cast<int>(blockIdx.x);
+    return round * G + ((round & 1) ? (G - 1 - bid) : bid);
+  };
+  const int Sq = args.seqlen_q;
+  const int Sk = args.seqlen_k;
+
+  if (tid == 0) {
+    mbar_init(q_full, 1);
+    mbar_init(q_empty, 4 * C::kConsumers);
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&k_empty[s], 4 * C::kConsumers);
+      mbar_init(&v_empty[s], 4 * C::kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ------------------------------------------------------------ producer
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (tid == 0) {
+      prefetch_tmap(&args.tm_q);
+      prefetch_tmap(&args.tm_k);
+      prefetch_tmap(&args.tm_v);
+      int g = 0;       // global K/V iteration
+      int q_iter = 0;  // tiles with work so far
+      for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {
+        const int t = tile_index(round);
+        if (t >= args.num_tiles) continue;
+        const TileCoord tc = tile_coord<C::kCausal>(args, t);
+        const int m0 = tc.m_block * kBM;
+        const int n_blocks = tile_n_blocks<C::kCausal, kBM, kBN>(m0, Sq, Sk);
+        if (n_blocks == 0) continue;
+        const int h_kv = tc.h / args.group;
+        mbar_wait(q_empty, (q_iter & 1) ^ 1);
+        mbar_arrive_expect_tx(q_full, C::kQBytes);
+#pragma unroll
+        for (int p = 0; p < C::kPanels; ++p)
+          tma_load_4d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, m0, tc.h, tc.b);
+        ++q_iter;
+        for (int it = 0; it < n_blocks; ++it, ++g) {
+          const int n = n_blocks - 1 - it;
+          const int s = g % kS;
+          const uint32_t ph = (g / kS) & 1;
+          mbar_wait(&k_empty[s], ph ^ 1);
+          mbar_arrive_expect_tx(&k_full[s], C::kKVBytes);
+#pragma unroll
+          for (int p = 0; p < C::kPanels; ++p)
+            tma_load_4d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
+                        p * 64, n * kBN, h_kv, tc.b);
+          mbar_wait(&v_empty[s], ph ^ 1);
+          mbar_arrive_expect_tx(&v_full[s], C::kKVBytes);
+#pragma unroll
+          for (int p = 0; p < C::kPanels; ++p)
+            tma_load_4d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
+                        p * 64, n * kBN, h_kv, tc.b);
+        }
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------- consumers
+  setmaxnreg_inc<C::kConsumerRegs>();
+  const int cw = wg - 1;                  // consumer index 0..kConsumers-1
+  const int wthr = tid - 128 * wg;        // thread within the warpgroup
+  const int warp_in_wg = wthr / 32;
+  const int quad = lane % 4;
+  const int row_local0 = 16 * warp_in_wg + lane / 4;  // within this consumer's 64 rows (+8 for h=1)
+  const int row_tile0 = cw * 64 + row_local0;          // within the kBlockM-row tile
+  const float c_log2 = args.scale_log2;
+
+  const uint32_t k_base = smem_u32(sK);
+  const uint32_t v_base = smem_u32(sV);
+  uint8_t* sO_mine = sO + cw * 64 * 128;
+  const uint32_t scratch_u32 = smem_u32(smem + C::kOffScratch) + (tid / 32) * 4;
+
+  float o[kNO];
+  float s_acc[kNS];
+  uint32_t p_frag[kBN / 16][4];
+  float m_ref[2];
+  float l_row[2];  // row sums (identical across the quad)
+
+  // Issue turns rotate 0 -> 1 -> ... -> kConsumers-1 -> 0: consumer c waits
+  // on its token barrier (its 128 threads + the 128 of the passer) and passes
+  // to the next. The last consumer pre-arrives so consumer 0 starts; every
+  // consumer takes the same number of turns, and consumer 0 absorbs the
+  // last consumer's final pass at the end.
+  const int next_cw = cw + 1 == C::kConsumers ? 0 : cw + 1;
+  auto sched_wait = [&]() {
+    if constexpr (C::kPingPong) named_bar_sync(kBarSched0 + cw, 256);
+  };
+  auto sched_pass = [&]() {
+    if constexpr (C::kPingPong) named_bar_arrive(kBarSched0 + next_cw, 256);
+  };
+  if constexpr (C::kPingPong) {
+    if (cw == C::kConsumers - 1) named_bar_arrive(kBarSched0, 256);
+  }
+
+  // Descriptors are rebuilt from a fenced base address at every issue, so the
+  // compiler cannot hoist 16+ loop-invariant 64-bit descriptors into registers.
+  const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;
+  auto issue_qk = [&](int stage) {
+    uint32_t qa = q_base;
+    uint32_t ka = k_base + stage * C::kKVBytes;
+    reg_fence(qa);
+    reg_fence(ka);
+    const uint64_t q_desc = make_sw128_desc(qa, 16, 1024);
+    const uint64_t k_desc = make_sw128_desc(ka, 16, 1024);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t off_q = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
+      const uint32_t off_k = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
+      wgmma_ss<T, kBN>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
+    }
+    wgmma_commit_group();
+  };
+  auto issue_pv = [&](int stage) {
+    uint32_t va = v_base + stage * C::kKVBytes;
+    reg_fence(va);
+    const uint64_t v_desc = make_sw128_desc(va, C::kPanelBytesN, 1024);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk)
+      wgmma_rs_tb<T, kD>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+    wgmma_commit_group();
+  };
+  auto release = [&](uint64_t* bar) {
+    if (lane == 0) mbar_arrive(bar);
+  };
+
+  // Online softmax on s_acc (in place: scores -> unnormalised probabilities).
+  // Returns whether O must be rescaled, and the per-row factors.
+  auto softmax_step = [&](float (&scale)[2]) -> bool {
+    float mx[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float v = m_ref[hh];
+#pragma unroll
+      for (int c = 0; c < kNS / 4; ++c)
+        v = fmaxf(v, fmaxf(s_acc[4 * c + 2 * hh], s_acc[4 * c + 2 * hh + 1]));
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      mx[hh] = v;  // >= m_ref
+    }
+    bool mine;
+    if constexpr (C::kRescaleThreshold > 0) {
+      // (-inf) - (-inf) is NaN and compares false: a still-empty row never triggers.
+      mine = (mx[0] - m_ref[0]) * c_log2 > static_cast<float>(C::kRescaleThreshold) ||
+             (mx[1] - m_ref[1]) * c_log2 > static_cast<float>(C::kRescaleThreshold);
+    } else {
+      mine = mx[0] > m_ref[0] || mx[1] > m_ref[1];
+    }
+    const bool need = __any_sync(0xffffffffu, mine);
+    scale[0] = scale[1] = 1.f;
+    if (need) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        scale[hh] = (mx[hh] == -INFINITY) ? 1.f : ex2_approx((m_ref[hh] - mx[hh]) * c_log2);
+        m_ref[hh] = mx[hh];
+      }
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float mc = (m_ref[hh] == -INFINITY) ? 0.f : m_ref[hh] * c_log2;
+      float sum = 0.f;
+#pragma unroll
+      for (int c = 0; c < kNS / 4; ++c)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s_acc[4 * c + 2 * hh + e];
+          const float arg = fmaf(x, c_log2, -mc);
+          if constexpr (C::kExp2EmuEvery > 0) {
+            x = (c % C::kExp2EmuEvery == C::kExp2EmuEvery - 1) ? ex2_poly3(arg) : ex2_approx(arg);
+          } else {
+            x = ex2_approx(arg);
+          }
+          sum += x;
+        }
+      // Row sum over the quad now (not once in the epilogue): the shuffles
+      // consume every exponential, and ptxas keeps warp-collective ops in
+      // order, so the MUFU work stays ahead of the following wgmma.wait
+      // (overlapping the in-flight P.V) instead of being sunk below it.
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l_row[hh] = l_row[hh] * scale[hh] + sum;
+    }
+    return need;
+  };
+  auto rescale_o = [&](const float (&scale)[2]) {
+#pragma unroll
+    for (int i = 0; i < kNO; ++i) o[i] *= scale[(i >> 1) & 1];
+  };
+  auto convert_p = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+  };
+
+  int g = 0;       // global K/V iteration (same sequence as the producer's)
+  int q_iter = 0;  // tiles with work so far
+  for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {
+    const int t = tile_index(round);
+    if (t >= args.num_tiles) continue;
+    const TileCoord tc = tile_coord<C::kCausal>(args, t);
+    const int m0 = tc.m_block * kBM;
+    const int n_blocks = tile_n_blocks<C::kCausal, kBM, kBN>(m0, Sq, Sk);
+
+    // -inf outside the visible range of block n (only blocks that need it).
+    auto mask_block = [&](int n) {
+      const bool tail = (n + 1) * kBN > Sk;
+      bool diag = false;
+      if constexpr (C::kCausal) diag = (n + 1) * kBN - 1 > m0 + Sk - Sq;
+      if (!(tail || diag)) return;
+      const int col0 = n * kBN + 2 * quad;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        int limit = Sk;
+        if constexpr (C::kCausal) limit = min(Sk, m0 + row_tile0 + 8 * hh + Sk - Sq + 1);
+#pragma unroll
+        for (int c = 0; c < kNS / 4; ++c)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (col0 + 8 * c + e >= limit) s_acc[4 * c + 2 * hh + e] = -INFINITY;
+      }
+    };
+
+#pragma unroll
+    for (int i = 0; i < kNO; ++i) o[i] = 0.f;
+    m_ref[0] = m_ref[1] = -INFINITY;
+    l_row[0] = l_row[1] = 0.f;
+
+    if (n_blocks > 0) {
+      mbar_wait(q_full, q_iter & 1);
+      ++q_iter;
+      if constexpr (C::kOverlap) {
+        // Prologue: block n_blocks-1.
+        {
+          const int s = g % kS;
+          const uint32_t ph = (g / kS) & 1;
+          mbar_wait(&k_full[s], ph);
+          sched_wait();
+          issue_qk(s);
+          sched_pass();
+          wgmma_wait_group<0>();
+          reg_fence_array(s_acc);
+          release(&k_empty[s]);
+          if (n_blocks == 1) release(q_empty);
+          mask_block(n_blocks - 1);
+          float scale[2];
+          softmax_step(scale);  // O is zero: no rescale needed
+          convert_p();
+        }
+        bool pend_need = false;  // rescale of O owed before the next P.V
+        float pend_scale[2] = {1.f, 1.f};
+        for (int it = 1; it < n_blocks; ++it) {
+          const int n = n_blocks - 1 - it;
+          const int gc = g + it;
+          const int s = gc % kS;
+          const uint32_t ph = (gc / kS) & 1;
+          const int sp = (gc - 1) % kS;
+          const uint32_t php = ((gc - 1) / kS) & 1;
+          mbar_wait(&k_full[s], ph);
+          mbar_wait(&v_full[sp], php);
+          sched_wait();
+          issue_qk(s);
+          if (pend_need) rescale_o(pend_scale);  // runs while Q K^T executes
+          issue_pv(sp);
+          sched_pass();
+          wgmma_wait_group<1>();  // S(it) ready, P.V(it-1) may be in flight
+          reg_fence_array(s_acc);
+          release(&k_empty[s]);
+          if (it == n_blocks - 1) release(q_empty);
+          mask_block(n);
+          pend_need = softmax_step(pend_scale);
+          // Scheduling pin: ptxas otherwise sinks the exponentials below the
+          // wait (serialising softmax and P.V within the warpgroup). A
+          // volatile shared store of a value that depends on every one of
+          // them is kept ahead of the wait, and so are they.
+          st_shared_volatile_f32(scratch_u32, l_row[0] + l_row[1]);
+          wgmma_wait_group<0>();  // P.V(it-1) done: O and P registers free
+          reg_fence_array(o);
+          reg_fence_array(s_acc);
+          release(&v_empty[sp]);
+          convert_p();
+        }
+        const int gl = g + n_blocks - 1;
+        const int sl = gl % kS;
+        const uint32_t phl = (gl / kS) & 1;
+        mbar_wait(&v_full[sl], phl);
+        sched_wait();
+        if (pend_need) rescale_o(pend_scale);
+        issue_pv(sl);
+        sched_pass();
+        wgmma_wait_group<0>();
+        reg_fence_array(o);
+        release(&v_empty[sl]);
+      } else {
+        for (int it = 0; it < n_blocks; ++it) {
+          const int n = n_blocks - 1 - it;
+          const int gc = g + it;
+          const int s = gc % kS;
+          const uint32_t ph = (gc / kS) & 1;
+          mbar_wait(&k_full[s], ph);
+          sched_wait();
+          issue_qk(s);
+          sched_pass();
+          wgmma_wait_group<0>();
+          reg_fence_array(s_acc);
+          release(&k_empty[s]);
+          if (it == n_blocks - 1) release(q_empty);
+          mask_block(n);
+          float scale[2];
+          if (softmax_step(scale)) rescale_o(scale);
+          convert_p();
+          mbar_wait(&v_full[s], ph);
+          sched_wait();
+          issue_pv(s);
+          sched_pass();
+          wgmma_wait_group<0>();
+          reg_fence_array(o);
+          release(&v_empty[s]);
+        }
+      }
+      g += n_blocks;
+    }
+
+    // ----------------------------------------------------------- epilogue
+    // Tile coordinates are recomputed here (from a fenced copy of t) rather
+    // than kept live across the main loop: it frees registers there.
+    int t_epi = t;
+    asm volatile("" : "+r"(t_epi));
+    const TileCoord te = tile_coord<C::kCausal>(args, t_epi);
+    const int m0e = te.m_block * kBM;
+    float inv[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float l = l_row[hh];
+      inv[hh] = l > 0.f ? 1.f / l : 0.f;
+      if (args.lse != nullptr && quad == 0) {
+        const int row = m0e + row_tile0 + 8 * hh;
+        if (row < Sq) {
+          const float lse =
+              l > 0.f ? (m_ref[hh] * c_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+          args.lse[static_cast<int64_t>(te.b) * args.lse_batch_stride +
+                   static_cast<int64_t>(te.h) * args.lse_head_stride + row] = lse;
+        }
+      }
+    }
+    // The previous tile's TMA store must have finished reading the buffer.
+    if (wthr == 0) tma_store_wait_read_all();
+    named_bar_sync(kBarEpi0 + cw, 128);
+    {
+      // Accumulator pair (i, i+1), i = 4*(8p + c) + 2*hh, holds row row_local0 + 8*hh,
+      // columns 64p + 8c + 2*quad + {0,1}: 16-byte chunk c of the row, swizzled.
+      const uint32_t r7 = static_cast<uint32_t>(row_local0 & 7);
+      uint8_t* row_base = sO_mine + row_local0 * 128 + quad * 4;
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p)
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = 4 * (8 * p + c) + 2 * hh;
+            *reinterpret_cast<uint32_t*>(row_base + p * C::kPanelBytesM + hh * 8 * 128 +
+                                         ((static_cast<uint32_t>(c) ^ r7) << 4)) =
+                pack2<T>(o[i] * inv[hh], o[i + 1] * inv[hh]);
+          }
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(kBarEpi0 + cw, 128);
+    if (wthr == 0) {
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p)
+        tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, m0e + cw * 64, te.h,
+                     te.b);
+      tma_store_commit();
+    }
+  }
+  if constexpr (C::kPingPong) {
+    if (cw == 0) named_bar_sync(kBarSched0, 256);  // absorb the last consumer's final pass
+  }
+  if (wthr == 0) tma_store_wait_read_all();
+}
+
+}  // namespace sm90
+}  // namespace flash4

@@ -1,0 +1,125 @@
+// Launch helpers for the Hopper forward: one function template that launches
+// one configuration, and the per-head-dim entry points that the instantiation
+// files (fwd_sm90_hdim*.cu) define.
+#pragma once
+#include <cuda_runtime.h>
+#include "sm90/fwd_kernel.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+struct FwdLaunch {
+  int grid = 0;  // CTAs: args.num_tiles (one tile each) or fewer (persistent)
+};
+
+template <class C>
+cudaError_t launch_fwd(const FwdKernelArgs& args, const FwdLaunch& l, cudaStream_t stream) {
+  auto kernel = fwd_kernel<C>;
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(l.grid), 1, 1);
+  cfg.blockDim = dim3(C::kNumThreads, 1, 1);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = nullptr;
+  cfg.numAttrs = 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args);
+}
+
+// What the library ships, per (head dim, dtype, causal, consumer count):
+// intra-warpgroup overlap + ping-pong, exact rescale skipping (threshold 0),
+// MUFU exp2, 2 K/V stages.
+template <int kD, typename T, bool kCausal, int kConsumers>
+using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
+                                   /*pingpong*/ true, /*rescale threshold*/ 0,
+                                   /*exp2 emulation*/ 0, kConsumers>;
+
+// Per-call choice (measured on H100, bf16, B*S = 16k, see the sm90 notes):
+//   consumers: head dim 64 uses 3 consumer warpgroups (192-row tiles), except
+//     short causal (Sk <= 1024: 128-row tiles waste less on the diagonal);
+//     head dim 128 uses 2 (the register budget allows no more).
+//   persistent: one CTA per SM with a static snake order. Non-causal tiles
+//     cost the same, so it always wins (no relaunch per tile, epilogue
+//     overlapped). Causal d128 tiles vary in cost and from Sk ~2k a static
+//     split loses to the hardware's dynamic CTA scheduling (tiles are ordered
+//     heaviest first), so there one CTA per tile is launched; causal d64
+//     with 192-row tiles measured better persistent at every length.
+struct FwdChoice {
+  int consumers = 2;
+  bool persistent = true;
+};
+inline FwdChoice choose_fwd(int headdim, bool causal, int seqlen_k) {
+  FwdChoice c;
+  if (headdim == 64) {
+    c.consumers = (causal && seqlen_k <= 1024) ? 2 : 3;
+    c.persistent = true;
+  } else {
+    c.consumers = 2;
+    c.persistent = !causal || seqlen_k <= 1024;
+  }
+  return c;
+}
+
+// Host-side tile bookkeeping shared by the library and the dev driver:
+// fills the scheduling fields of `a` and returns the grid (persistent: at
+// most one CTA per SM).
+inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int seqlen_q,
+                                int seqlen_k, int heads_q, int heads_kv, int headdim, int num_sms,
+                                bool persistent) {
+  a->seqlen_q = seqlen_q;
+  a->seqlen_k = seqlen_k;
+  a->heads_q = heads_q;
+  a->group = heads_q / heads_kv;
+  a->num_m_blocks = (seqlen_q + block_m - 1) / block_m;
+  a->num_hb = heads_q * batch;
+  // Causal order: a section's K/V (all its kv heads) should fit in ~32 MB of L2.
+  const int64_t kv_bytes = static_cast<int64_t>(seqlen_k > 0 ? seqlen_k : 1) * headdim * 2 * 2;
+  int64_t kv_heads_fit = (int64_t(32) << 20) / kv_bytes;
+  if (kv_heads_fit < 1) kv_heads_fit = 1;
+  int64_t hs = kv_heads_fit * a->group;
+  if (hs > a->num_hb) hs = a->num_hb;
+  a->heads_per_section = static_cast<int>(hs < 1 ? 1 : hs);
+  // Callers guarantee num_m_blocks * num_hb < 2^31 (sm90_fwd_supported checks it).
+  a->num_tiles = a->num_m_blocks * a->num_hb;
+  FwdLaunch l;
+  int64_t grid = a->num_tiles;
+  if (persistent && num_sms > 0 && grid > num_sms) grid = num_sms;
+  l.grid = static_cast<int>(grid);
+  return l;
+}
+
+template <int kD, typename T, bool kCausal>
+cudaError_t launch_fwd_shipped_t(const FwdKernelArgs& args, const FwdLaunch& l, int consumers,
+                                 cudaStream_t stream) {
+  if constexpr (kD == 64) {
+    if (consumers == 3) return launch_fwd<ShippedFwdConfig<64, T, kCausal, 3>>(args, l, stream);
+    if constexpr (kCausal) {
+      if (consumers == 2) return launch_fwd<ShippedFwdConfig<64, T, true, 2>>(args, l, stream);
+    }
+  } else {
+    if (consumers == 2) return launch_fwd<ShippedFwdConfig<kD, T, kCausal, 2>>(args, l, stream);
+  }
+  return cudaErrorInvalidValue;  // a choice choose_fwd never makes
+}
+
+template <int kD>
+cudaError_t launch_fwd_shipped(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
+                               int consumers, cudaStream_t stream) {
+  if (bf16) {
+    return causal ? launch_fwd_shipped_t<kD, __nv_bfloat16, true>(args, l, consumers, stream)
+                  : launch_fwd_shipped_t<kD, __nv_bfloat16, false>(args, l, consumers, stream);
+  }
+  return causal ? launch_fwd_shipped_t<kD, __half, true>(args, l, consumers, stream)
+                : launch_fwd_shipped_t<kD, __half, false>(args, l, consumers, stream);
+}
+
+// Defined in fwd_sm90_hdim64.cu / fwd_sm90_hdim128.cu.
+cudaError_t fwd_run_hdim64(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
+                           int consumers, cudaStream_t stream);
+cudaError_t fwd_run_hdim128(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
+                            int consumers, cudaStream_t stream);
+
+}  // namespace sm90
+}  // namespace flash4

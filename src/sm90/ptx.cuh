@@ -1,0 +1,356 @@
+// Thin wrappers over the Hopper (sm_90a) instructions the forward kernel uses:
+// one function per instruction, no policy. TMA, mbarrier and proxy fences go
+// through CCCL's cuda::ptx where it has them; wgmma, setmaxnreg and named
+// barriers are raw inline PTX (CCCL 3.0 has no wrappers for them).
+//
+// Everything here is device code for sm_90a only: compile with
+// -gencode=arch=compute_90a,code=sm_90a.
+#pragma once
+#include <cuda/ptx>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+
+namespace flash4 {
+namespace sm90 {
+
+// ---------------------------------------------------------------------------
+// Shared-memory addresses
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---------------------------------------------------------------------------
+// 128-byte swizzle (the pattern TMA SWIZZLE_128B writes and wgmma's
+// layout type 1 reads). A "panel" is rows x 64 16-bit elements, each row
+// 128 bytes, the panel base 1024-byte aligned. Within each 1024-byte group
+// of 8 rows, the 16-byte chunk index (address bits 4..6) is XORed with the
+// row index within the group (address bits 7..9).
+// ---------------------------------------------------------------------------
+__host__ __device__ constexpr uint32_t sw128_offset(uint32_t row, uint32_t col_elems) {
+  // byte offset of element (row, col) of a 16-bit panel, col < 64
+  return row * 128u + ((((col_elems * 2u) >> 4) ^ (row & 7u)) << 4) + ((col_elems * 2u) & 15u);
+}
+
+// ---------------------------------------------------------------------------
+// wgmma shared-memory matrix descriptor (64 bits):
+//   bits  0..13  start address >> 4 (shared window, 18-bit address)
+//   bits 16..29  leading-dimension byte offset (LBO) >> 4
+//   bits 32..45  stride-dimension byte offset (SBO) >> 4
+//   bits 49..51  base offset (0: every tile here is 1024-byte aligned)
+//   bits 62..63  layout: 0 none, 1 = 128B swizzle, 2 = 64B, 3 = 32B
+// For 128B swizzle and 16-bit data:
+//   K-major operand (rows of the MN dim, K contiguous): 8-row groups are
+//     SBO = 1024 bytes apart; LBO is unused (set to 16). A k16 step inside a
+//     64-wide panel adds 32 bytes to the start address; the next 64-wide
+//     panel starts rows*128 bytes later.
+//   MN-major operand (rows of K, MN contiguous): 8-row groups of K are
+//     SBO = 1024 bytes apart; 64-wide MN panels are LBO = rows*128 bytes
+//     apart; a k16 step adds 16*128 = 2048 bytes.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ uint64_t make_sw128_desc(uint32_t smem_addr, uint32_t lbo_bytes,
+                                                    uint32_t sbo_bytes) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4);
+  d |= static_cast<uint64_t>((lbo_bytes & 0x3FFFFu) >> 4) << 16;
+  d |= static_cast<uint64_t>((sbo_bytes & 0x3FFFFu) >> 4) << 32;
+  d |= 1ull << 62;
+  return d;
+}
+// Advance a descriptor's start address by `bytes` (multiple of 16; stays in
+// the 14-bit field because shared addresses are below 256 KB).
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return desc + static_cast<uint64_t>(bytes >> 4);
+}
+
+// ---------------------------------------------------------------------------
+// wgmma: fence / commit / wait
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit_group() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait_group() {
+  static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0..7");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Compiler-only fence on a register: forces the value to be (re)defined at
+// this point, so accesses are not moved across wgmma issue/wait points.
+__device__ __forceinline__ void reg_fence(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+__device__ __forceinline__ void reg_fence(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+template <int N>
+__device__ __forceinline__ void reg_fence_array(float (&a)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) reg_fence(a[i]);
+}
+
+// ---------------------------------------------------------------------------
+// wgmma.mma_async m64nNk16, f32 accumulators, 16-bit inputs.
+// d: N/2 f32 registers per thread; fragment (warp w of the warpgroup, lane l,
+//   register i): row = 16w + l/4 + 8*((i>>1)&1), col = 8*(i>>2) + 2*(l%4) + (i&1).
+// SS form: A and B from shared memory (descriptors), both K-major here.
+// RS form: A from registers (4 x b32 = 8 elements: (r, 2q..2q+1),
+//   (r+8, 2q..), (r, 2q+8..), (r+8, 2q+8..) with r = 16w + l/4, q = l%4),
+//   B from shared memory; kTransB = 1 reads B MN-major.
+// scale_d == 0: D = A*B (accumulator input ignored); else D += A*B.
+// ---------------------------------------------------------------------------
+// 32 accumulator registers: placeholders %0..%31
+#define FLASH4_WGMMA_D32_STR \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define FLASH4_WGMMA_D32_OPS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+// 64 accumulator registers: placeholders %0..%63
+#define FLASH4_WGMMA_D64_STR \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define FLASH4_WGMMA_D64_OPS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+// SS, N = 64 (32 accumulators)
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                                   int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_ss_m64n64k16<__nv_bfloat16>(float (&d)[32], uint64_t desc_a,
+                                                                  uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_ss_m64n64k16<__half>(float (&d)[32], uint64_t desc_a,
+                                                           uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// SS, N = 128 (64 accumulators)
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                    int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_ss_m64n128k16<__nv_bfloat16>(float (&d)[64], uint64_t desc_a,
+                                                                   uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" FLASH4_WGMMA_D64_STR "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : FLASH4_WGMMA_D64_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_ss_m64n128k16<__half>(float (&d)[64], uint64_t desc_a,
+                                                            uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {" FLASH4_WGMMA_D64_STR "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : FLASH4_WGMMA_D64_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// RS, N = 64, B MN-major (trans-b = 1)
+template <typename T>
+__device__ __forceinline__ void wgmma_rs_m64n64k16_tb(float (&d)[32], const uint32_t (&a)[4],
+                                                      uint64_t desc_b, int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_rs_m64n64k16_tb<__nv_bfloat16>(float (&d)[32],
+                                                                     const uint32_t (&a)[4],
+                                                                     uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_m64n64k16_tb<__half>(float (&d)[32], const uint32_t (&a)[4],
+                                                              uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+
+// RS, N = 128, B MN-major (trans-b = 1)
+template <typename T>
+__device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float (&d)[64], const uint32_t (&a)[4],
+                                                       uint64_t desc_b, int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_rs_m64n128k16_tb<__nv_bfloat16>(float (&d)[64],
+                                                                      const uint32_t (&a)[4],
+                                                                      uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" FLASH4_WGMMA_D64_STR "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D64_OPS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_m64n128k16_tb<__half>(float (&d)[64], const uint32_t (&a)[4],
+                                                               uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {" FLASH4_WGMMA_D64_STR "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D64_OPS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+
+// Dispatch on N for the two forms.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                         int scale_d) {
+  static_assert(N == 64 || N == 128, "instantiated N: 64, 128");
+  if constexpr (N == 64) wgmma_ss_m64n64k16<T>(d, desc_a, desc_b, scale_d);
+  else wgmma_ss_m64n128k16<T>(d, desc_a, desc_b, scale_d);
+}
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4],
+                                            uint64_t desc_b, int scale_d) {
+  static_assert(N == 64 || N == 128, "instantiated N: 64, 128");
+  if constexpr (N == 64) wgmma_rs_m64n64k16_tb<T>(d, a, desc_b, scale_d);
+  else wgmma_rs_m64n128k16_tb<T>(d, a, desc_b, scale_d);
+}
+
+// ---------------------------------------------------------------------------
+// Register reconfiguration (whole warpgroup; needs a register cap at entry,
+// i.e. __launch_bounds__(threads, 1)).
+// ---------------------------------------------------------------------------
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg: multiple of 8 in [24, 256]");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg: multiple of 8 in [24, 256]");
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// Volatile 32-bit shared store (used as a scheduling pin, see fwd_kernel.cuh).
+__device__ __forceinline__ void st_shared_volatile_f32(uint32_t addr, float v) {
+  asm volatile("st.volatile.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+
+// ---------------------------------------------------------------------------
+// Named barriers (ids 1..15; 0 is __syncthreads). count: threads, multiple of 32.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// ---------------------------------------------------------------------------
+// Proxy fence: generic-proxy shared-memory writes made visible to the async
+// proxy (TMA store, wgmma operand reads).
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  cuda::ptx::fence_proxy_async(cuda::ptx::space_shared);
+}
+
+// ---------------------------------------------------------------------------
+// mbarrier (CCCL wrappers)
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  cuda::ptx::mbarrier_init(bar, count);
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  (void)cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta,
+                                             cuda::ptx::space_shared, bar, bytes);
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { (void)cuda::ptx::mbarrier_arrive(bar); }
+// Blocks until the phase with parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  while (!cuda::ptx::mbarrier_try_wait_parity(bar, parity)) {
+  }
+}
+
+// ---------------------------------------------------------------------------
+// TMA (CCCL wrappers), 4-D tiled tensor maps.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void tma_load_4d(void* smem_dst, const void* tmap, uint64_t* bar, int c0,
+                                            int c1, int c2, int c3) {
+  const int32_t coords[4] = {c0, c1, c2, c3};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem_dst, tmap,
+                                  coords, bar);
+}
+__device__ __forceinline__ void tma_store_4d(const void* tmap, const void* smem_src, int c0, int c1,
+                                             int c2, int c3) {
+  const int32_t coords[4] = {c0, c1, c2, c3};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tmap, coords,
+                                  smem_src);
+}
+__device__ __forceinline__ void tma_store_commit() { cuda::ptx::cp_async_bulk_commit_group(); }
+__device__ __forceinline__ void tma_store_wait_read_all() {
+  cuda::ptx::cp_async_bulk_wait_group_read(cuda::ptx::n32_t<0>{});
+}
+__device__ __forceinline__ void prefetch_tmap(const void* tmap) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
+}
+
+// ---------------------------------------------------------------------------
+// Conversions: two floats into one b32 of 16-bit values (lo = first).
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// exp2 on the FMA/ALU pipes (FA4's software exp2, own coefficients): split
+// x = floor(x) + f, f in [0, 1); 2^f by a degree-3 polynomial with p(0) = 1
+// (near-minimax for relative error, max 8.6e-5: below bf16/fp16 rounding of
+// P); floor(x) added to the exponent field. add.rm with 1.5*2^23 leaves
+// floor(x) in the low mantissa bits of xr; shifting xr's bits left by 23
+// moves them (mod 2^9, two's complement) into the exponent field.
+// x <= -127 (masked scores: -inf) gives exactly +0; assumes x < 128.
+__device__ __forceinline__ float ex2_poly3(float x) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  x = fmaxf(x, -127.0f);
+  const float xr = __fadd_rd(x, kMagic);
+  const float f = x - (xr - kMagic);
+  const float p = fmaf(fmaf(fmaf(0.07706704f, f, 0.22764499f), f, 0.69511676f), f, 1.0f);
+  return __int_as_float(__float_as_int(p) + (__float_as_int(xr) << 23));
+}
+
+}  // namespace sm90
+}  // namespace flash4
