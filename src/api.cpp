@@ -27,9 +27,6 @@ void clear_last_error() { t_last_error.clear(); }
 namespace {
 
 constexpr const char* kNoKernels = "flash4 was built without GPU kernels (FLASH4_KERNELS=OFF)";
-constexpr const char* kNoGpuBackward =
-    "the GPU backward is not implemented yet (planned: Hopper sm_90a backward); "
-    "use flash4_reference_bwd on the CPU";
 
 // Status of a call that went through: the last error is cleared.
 flash4_status ok() {
@@ -160,25 +157,48 @@ void fill_support(flash4_support* info, flash4_path path, const std::string& rea
   std::snprintf(info->reason, sizeof(info->reason), "%s", reason.c_str());
 }
 
-// Workspace of the planned Hopper backward (bytes), with overflow checks:
-//   dq_accum  fp32 (B, Hq, round_up(Sq,128), round_up(D,32)): dQ is summed
-//             over key blocks in fp32, then converted;
-//   dsum      fp32 (B, Hq, round_up(Sq,128)): rowsum(dO * O) (softmax D);
-//   lse_log2  fp32 (B, Hq, round_up(Sq,128)): LSE * log2(e) for exp2.
-// Rows are padded to the 128-row query tile. Varlen packs sequences, each
-// padded to 128 rows: total_q + 128 * B rows bound B * round_up(Sq,128).
+// The backward path for `forced` (AUTO: the fastest that supports the call):
+// the Hopper kernels on cc 9.0; the portable path has no backward yet.
+flash4_path choose_bwd_path(const BwdParams& p, flash4_path forced, const DeviceInfo& d,
+                            std::string* reason) {
+#if !defined(FLASH4_HAVE_SM80) && !defined(FLASH4_HAVE_SM90)
+  (void)p, (void)forced, (void)d;
+  *reason = kNoKernels;
+  return FLASH4_PATH_NONE;
+#else
+  std::string why_not;
+  auto add = [&](const std::string& s) { why_not += (why_not.empty() ? "" : "; ") + s; };
+  if (forced == FLASH4_PATH_AUTO || forced == FLASH4_PATH_SM90) {
+#if defined(FLASH4_HAVE_SM90)
+    if (d.cc_major == 9 && d.cc_minor == 0) {
+      std::string why;
+      if (sm90_bwd_supported(p, d.cc_major, d.cc_minor, &why)) {
+        *reason = "sm90: " + why;
+        return FLASH4_PATH_SM90;
+      }
+      add("sm90: " + why);
+    } else {
+      add("sm90: needs compute capability 9.0 (sm_90a), device has " + cc_text(d));
+    }
+#else
+    (void)p, (void)d;
+    add("sm90: not built (FLASH4_SM90=OFF)");
+#endif
+  }
+  if (forced == FLASH4_PATH_AUTO || forced == FLASH4_PATH_PORTABLE)
+    add("portable: no backward kernel yet");
+  *reason = (forced == FLASH4_PATH_AUTO ? "" : "forced by opt.path: ") + why_not +
+            " (the CPU reference flash4_reference_bwd covers every option)";
+  return FLASH4_PATH_NONE;
+#endif
+}
+
+// Workspace of the backward (bytes): the layout of bwd_workspace_layout in
+// src/common/kernels.hpp, with overflow checks.
 bool bwd_workspace_bytes(const BwdParams& p, int64_t total_q, size_t* bytes) {
-  const uint64_t rows = p.cu_seqlens_q != nullptr
-                            ? uint64_t(total_q) + 128u * uint64_t(p.batch)
-                            : uint64_t(p.batch) * ((uint64_t(p.seqlen_q) + 127u) / 128u * 128u);
-  const uint64_t d_padded = (uint64_t(p.headdim) + 31u) / 32u * 32u;
-  uint64_t row_elems = 0, dq_elems = 0, total_elems = 0, total = 0;
-  if (__builtin_mul_overflow(rows, uint64_t(p.heads_q), &row_elems) ||
-      __builtin_mul_overflow(row_elems, d_padded, &dq_elems) ||
-      __builtin_add_overflow(dq_elems, 2 * row_elems, &total_elems) ||
-      __builtin_mul_overflow(total_elems, uint64_t(4), &total) || total > SIZE_MAX)
-    return false;
-  *bytes = size_t(total);
+  BwdWorkspace w;
+  if (!bwd_workspace_layout(p, total_q, &w)) return false;
+  *bytes = size_t(w.total_bytes);
   return true;
 }
 
@@ -357,27 +377,73 @@ FLASH4_API flash4_status flash4_bwd_supported(const flash4_bwd_args* args, int d
   return guarded("flash4_bwd_supported", [&]() -> flash4_status {
     flash4_status s;
     if ((s = need(args, "args")) != FLASH4_OK || (s = need(info, "info")) != FLASH4_OK) return s;
+    BwdParams p;
     std::string message;
-    if ((s = validate_bwd(*args, Target::kDevice, nullptr, &message)) != FLASH4_OK)
+    if ((s = validate_bwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
       return fail(s, message);
     DeviceInfo d;
     s = query_device(device, &d);
-    if (s != FLASH4_OK && s != FLASH4_ERROR_NO_DEVICE) return s;
-    fill_support(info, FLASH4_PATH_NONE, kNoGpuBackward);
+    if (s == FLASH4_ERROR_NO_DEVICE) {
+      fill_support(info, FLASH4_PATH_NONE, t_last_error);
+      return ok();
+    }
+    if (s != FLASH4_OK) return s;
+    p.num_sms = d.num_sms;
+    std::string reason;
+    const flash4_path path = choose_bwd_path(p, args->opt.path, d, &reason);
+    fill_support(info, path, reason);
     return ok();
   });
 }
 
+// Order: validate -> device -> path (NOT_SUPPORTED with the reason) ->
+// workspace (size and 16-byte alignment) -> launch on the caller's stream.
 FLASH4_API flash4_status flash4_bwd(const flash4_bwd_args* args, void* workspace,
                                     size_t workspace_bytes, flash4_stream stream) {
-  (void)workspace, (void)workspace_bytes, (void)stream;
   return guarded("flash4_bwd", [&]() -> flash4_status {
     flash4_status s;
     if ((s = need(args, "args")) != FLASH4_OK) return s;
+    BwdParams p;
     std::string message;
-    if ((s = validate_bwd(*args, Target::kDevice, nullptr, &message)) != FLASH4_OK)
+    if ((s = validate_bwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
       return fail(s, message);
-    return fail(FLASH4_ERROR_NOT_SUPPORTED, kNoGpuBackward);
+    DeviceInfo d;
+    if ((s = query_device(-1, &d)) != FLASH4_OK) return s;
+    p.num_sms = d.num_sms;
+    std::string reason;
+    const flash4_path path = choose_bwd_path(p, args->opt.path, d, &reason);
+    if (path == FLASH4_PATH_NONE) return fail(FLASH4_ERROR_NOT_SUPPORTED, reason);
+    size_t required = 0;
+    if (!bwd_workspace_bytes(p, args->q.shape[0], &required))
+      return fail(FLASH4_ERROR_INVALID_ARGUMENT,
+                  "q: the backward workspace for this shape overflows size_t");
+    if (workspace_bytes < required || (required > 0 && workspace == nullptr))
+      return fail(FLASH4_ERROR_WORKSPACE,
+                  "workspace: " + std::to_string(required) + " bytes needed (" +
+                      "flash4_bwd_workspace_size), got " + std::to_string(workspace_bytes) +
+                      (workspace == nullptr && required > 0 ? " and a NULL pointer" : ""));
+    if (required > 0 && (reinterpret_cast<uintptr_t>(workspace) & 15u) != 0)
+      return fail(FLASH4_ERROR_WORKSPACE,
+                  "workspace: the pointer must be 16-byte aligned (cudaMalloc memory is)");
+    p.workspace = workspace;
+    p.workspace_bytes = workspace_bytes;
+    // Nothing to write: no batch, or neither query rows nor keys.
+    if (p.batch == 0 || (p.seqlen_q == 0 && p.seqlen_k == 0)) return ok();
+    (void)stream;  // unused when built without kernels
+    cudaError_t e = cudaSuccess;
+    switch (path) {
+#if defined(FLASH4_HAVE_SM90)
+      case FLASH4_PATH_SM90: e = sm90_bwd_run(p, stream); break;
+#endif
+      default:
+        return fail(FLASH4_ERROR_INTERNAL,
+                    std::string("flash4_bwd: no launcher for path ") + flash4_path_name(path));
+    }
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess)
+      return fail(FLASH4_ERROR_CUDA, std::string("flash4_bwd (") + flash4_path_name(path) +
+                                         " path): " + cudaGetErrorString(e));
+    return ok();
   });
 }
 

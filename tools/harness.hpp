@@ -1,5 +1,5 @@
-// Forward test harness shared by the GPU tests (tests/test_fwd_gpu.cpp) and
-// `flash4 check` (tools/check_cmd.hpp). Header-only.
+// Test harness shared by the GPU tests (tests/test_fwd_gpu.cpp,
+// tests/test_bwd_gpu.cpp) and `flash4 check` (tools/check_cmd.hpp). Header-only.
 //
 //   Problem      what to run: shapes, dtype, mask options, varlen lengths,
 //                memory layout, seed.
@@ -15,6 +15,7 @@
 //                  pass iff nothing unwritten / NaN / out of bounds and
 //                  err(kernel) <= rtol * err(lowp) + atol.
 //   run_gpu_fwd  all of the above for one problem.
+//   Backward     the same for flash4_bwd (BwdHostCase ... run_gpu_bwd, below).
 //
 // Every CUDA status is checked; failures throw harness::Error with the call,
 // the CUDA error name and the source location.
@@ -225,6 +226,7 @@ struct Problem {
   double input_std = 1.0;      // standard deviation of the random inputs
   uint64_t seed = 1;
   double rtol = 2.0;           // the rule's factor on err(lowp)
+  double grad_rtol = 3.0;      // the backward rule's factor on err(lowp) (dq, dk, dv)
 
   double scale() const { return softmax_scale != 0.0 ? softmax_scale : 1.0 / std::sqrt(double(headdim)); }
 };
@@ -939,6 +941,421 @@ inline FwdResult run_gpu_fwd(const Problem& p, int ref_threads = 0) {
   RawOutput raw = dc.download();
   Reference ref = run_reference(hc, ref_threads);
   return evaluate(hc, ref, raw, st, msg);
+}
+
+// ======================================================================
+// Backward: case, device run, reference and the rule for dq, dk, dv
+// ======================================================================
+//
+//   BwdHostCase     a HostCase (q, k, v and their layout) plus the other
+//                   inputs of the backward: dout (seeded random normals),
+//                   out and lse from the FP64 reference forward (out rounded
+//                   to the dtype, lse to fp32), and the dq/dk/dv output
+//                   allocations. dout/out/dq are laid out like q's out view,
+//                   dk/dv like k (dense for the packed layout); every byte
+//                   outside a view is NaN.
+//   BwdDeviceCase   the same on the GPU, dq/dk/dv poisoned before each
+//                   launch, workspace from flash4_bwd_workspace_size.
+//   BwdReference    flash4_reference_bwd in FLASH4_REF_FP64 and FLASH4_REF_LOWP.
+//   evaluate_bwd    per gradient: err(x) = max |x - ref_fp64|; pass iff
+//                   nothing unwritten / NaN / out of bounds, gradients of
+//                   rows (dq) and keys (dk, dv) that see nothing exactly 0,
+//                   and err(kernel) <= grad_rtol * err(lowp) + atol, atol =
+//                   output_atol of that gradient (docs/design.md: 3x).
+//   run_gpu_bwd     all of the above for one problem.
+
+struct BwdHostCase {
+  HostCase hc;                             // q, k, v; hc.out is the view of `out` (an input here)
+  std::vector<uint16_t> dout_log, out_log;  // dense (rows_q, Hq, D) in the dtype
+  std::vector<float> lse;                   // dense lse layout, fp32
+  std::vector<double> out64, lse64;         // the FP64 forward
+  View dout, dq, dk, dv;
+  int64_t k_numel() const { return hc.rows_k * hc.p.heads_kv * hc.p.headdim; }
+  int64_t k_index(int64_t row, int hk, int d) const {
+    return (row * hc.p.heads_kv + hk) * hc.p.headdim + d;
+  }
+};
+
+inline flash4_tensor k_dense_tensor(const HostCase& hc, void* data, flash4_dtype dt) {
+  const Problem& p = hc.p;
+  return p.varlen ? dense_tensor(data, dt, {hc.rows_k, p.heads_kv, p.headdim})
+                  : dense_tensor(data, dt, {p.batch, p.seqlen_k, p.heads_kv, p.headdim});
+}
+
+// Builds the backward case around a host case (dout drawn from a seed
+// derived from p.seed, so equal seeds give equal dout).
+inline BwdHostCase make_bwd_case_from(HostCase host) {
+  BwdHostCase bc;
+  bc.hc = std::move(host);
+  HostCase& hc = bc.hc;
+  const Problem& p = hc.p;
+  Reference fr = run_reference(hc, 0, /*lowp=*/false);
+  bc.out64 = std::move(fr.out64);
+  bc.lse64 = std::move(fr.lse64);
+  bc.out_log.resize(bc.out64.size());
+  for (size_t i = 0; i < bc.out64.size(); ++i) bc.out_log[i] = float_to_half(p.dtype, float(bc.out64[i]));
+  bc.lse.resize(bc.lse64.size());
+  for (size_t i = 0; i < bc.lse64.size(); ++i) bc.lse[i] = float(bc.lse64[i]);
+  std::mt19937_64 rng(mix_seed(p.seed, 0xd0d0));
+  bc.dout_log = random_halves(size_t(hc.out_numel()), p.dtype, 1.0, rng);
+
+  const int64_t rq = hc.q_rows_per_batch(), rk = hc.k_rows_per_batch();
+  const int64_t G = kGuardElems;
+  const Layout lay = p.layout == Layout::kPackedQKV ? Layout::kContiguous : p.layout;
+  auto add = [&](int64_t rows, int64_t rpb, int heads) {
+    View v = detail::make_view(p, int(hc.allocs.size()), rows, rpb, heads, lay, G);
+    hc.allocs.emplace_back(size_t(detail::view_span(v) + 2 * G), kPoison16);
+    return v;
+  };
+  bc.dout = add(hc.rows_q, rq, p.heads_q);
+  bc.dq = add(hc.rows_q, rq, p.heads_q);
+  bc.dk = add(hc.rows_k, rk, p.heads_kv);
+  bc.dv = add(hc.rows_k, rk, p.heads_kv);
+  detail::scatter(hc, hc.out, bc.out_log, p.heads_q, hc.rows_q, rq, &hc.allocs[size_t(hc.out.alloc)]);
+  detail::scatter(hc, bc.dout, bc.dout_log, p.heads_q, hc.rows_q, rq, &hc.allocs[size_t(bc.dout.alloc)]);
+  return bc;
+}
+inline BwdHostCase make_bwd_case(const Problem& p) { return make_bwd_case_from(make_case(p)); }
+
+// flash4_bwd_args over allocation bases (device or host); lse given separately.
+inline flash4_bwd_args make_bwd_args(const BwdHostCase& bc, const std::vector<void*>& bases, void* lse,
+                                     const void* cu_q, const void* cu_k, const void* seqused) {
+  const HostCase& hc = bc.hc;
+  const Problem& p = hc.p;
+  const flash4_fwd_args f = make_args(hc, bases, cu_q, cu_k, seqused);
+  flash4_bwd_args a;
+  std::memset(&a, 0, sizeof a);
+  a.q = f.q;
+  a.k = f.k;
+  a.v = f.v;
+  a.opt = f.opt;
+  a.out = tensor_of(hc.out, bases[size_t(hc.out.alloc)], p.dtype);
+  a.dout = tensor_of(bc.dout, bases[size_t(bc.dout.alloc)], p.dtype);
+  a.dq = tensor_of(bc.dq, bases[size_t(bc.dq.alloc)], p.dtype);
+  a.dk = tensor_of(bc.dk, bases[size_t(bc.dk.alloc)], p.dtype);
+  a.dv = tensor_of(bc.dv, bases[size_t(bc.dv.alloc)], p.dtype);
+  a.lse = lse_tensor(hc, lse, FLASH4_DTYPE_FP32);
+  return a;
+}
+
+struct BwdRawOutput {
+  std::vector<uint16_t> dq_alloc, dk_alloc, dv_alloc;  // whole allocations, guards included
+};
+
+class BwdDeviceCase {
+ public:
+  explicit BwdDeviceCase(const BwdHostCase& bc, bool deterministic = false) : bc_(&bc) {
+    const HostCase& hc = bc.hc;
+    const Problem& p = hc.p;
+    std::vector<void*> bases;
+    for (size_t i = 0; i < hc.allocs.size(); ++i) {
+      bufs_.emplace_back(hc.allocs[i].size() * sizeof(uint16_t));
+      bufs_.back().upload(hc.allocs[i].data(), hc.allocs[i].size() * sizeof(uint16_t));
+      bases.push_back(bufs_.back().data());
+    }
+    if (p.varlen) {
+      cu_q_ = DeviceBuffer(hc.cu_q.size() * sizeof(int32_t));
+      cu_q_.upload(hc.cu_q.data(), hc.cu_q.size() * sizeof(int32_t));
+      cu_k_ = DeviceBuffer(hc.cu_k.size() * sizeof(int32_t));
+      cu_k_.upload(hc.cu_k.data(), hc.cu_k.size() * sizeof(int32_t));
+    }
+    if (!hc.seqused.empty()) {
+      seqused_ = DeviceBuffer(hc.seqused.size() * sizeof(int32_t));
+      seqused_.upload(hc.seqused.data(), hc.seqused.size() * sizeof(int32_t));
+    }
+    // lse with poisoned guards on both sides (an input: a read of the guards shows as NaN).
+    std::vector<float> l(size_t(hc.lse_numel + 2 * kLseGuard), bits_to_float(kPoison32));
+    std::copy(bc.lse.begin(), bc.lse.end(), l.begin() + kLseGuard);
+    lse_ = DeviceBuffer(l.size() * sizeof(float));
+    lse_.upload(l.data(), l.size() * sizeof(float));
+    args = make_bwd_args(bc, bases, static_cast<float*>(lse_.data()) + kLseGuard, cu_q_.data(), cu_k_.data(),
+                         seqused_.data());
+    args.deterministic = deterministic ? 1 : 0;
+    size_t ws = 0;
+    ws_status_ = flash4_bwd_workspace_size(&args, &ws);
+    if (ws_status_ == FLASH4_OK && ws > 0) workspace_ = DeviceBuffer(ws);
+  }
+
+  flash4_status workspace_status() const { return ws_status_; }
+
+  // Fills dq, dk, dv (guards included) with NaN bytes.
+  void poison(cudaStream_t s) {
+    for (const View* v : {&bc_->dq, &bc_->dk, &bc_->dv}) bufs_[size_t(v->alloc)].fill_async(0xFF, s);
+  }
+
+  // flash4_bwd on the stream with the current args (tests may alter `args`);
+  // workspace_bytes < 0: the whole workspace, else that many bytes of it.
+  flash4_status launch(cudaStream_t s, std::string* message = nullptr, int64_t workspace_bytes = -1) {
+    if (ws_status_ != FLASH4_OK) {
+      if (message) *message = std::string("flash4_bwd_workspace_size: ") + flash4_last_error();
+      return ws_status_;
+    }
+    const size_t n = workspace_bytes < 0 ? workspace_.bytes() : size_t(workspace_bytes);
+    flash4_status st = flash4_bwd(&args, workspace_.data(), n, reinterpret_cast<flash4_stream>(s));
+    if (message) *message = st == FLASH4_OK ? std::string() : std::string(flash4_last_error());
+    return st;
+  }
+
+  BwdRawOutput download() const {
+    BwdRawOutput r;
+    auto get = [&](const View& v, std::vector<uint16_t>* dst) {
+      const DeviceBuffer& b = bufs_[size_t(v.alloc)];
+      dst->resize(b.bytes() / sizeof(uint16_t));
+      b.download(dst->data(), b.bytes());
+    };
+    get(bc_->dq, &r.dq_alloc);
+    get(bc_->dk, &r.dk_alloc);
+    get(bc_->dv, &r.dv_alloc);
+    return r;
+  }
+
+  void* workspace() const { return workspace_.data(); }
+  size_t workspace_bytes() const { return workspace_.bytes(); }
+
+  flash4_bwd_args args;
+
+ private:
+  const BwdHostCase* bc_;
+  std::vector<DeviceBuffer> bufs_;
+  DeviceBuffer cu_q_, cu_k_, seqused_, lse_, workspace_;
+  flash4_status ws_status_ = FLASH4_OK;
+};
+
+struct BwdReference {
+  std::vector<double> dq64, dk64, dv64;               // dense logical layouts
+  std::vector<uint16_t> dq_lowp, dk_lowp, dv_lowp;    // in the input dtype
+};
+
+inline void run_bwd_reference_one(const BwdHostCase& bc, flash4_ref_precision prec, flash4_dtype dt, void* dq,
+                                  void* dk, void* dv, int threads) {
+  const HostCase& hc = bc.hc;
+  std::vector<void*> bases;
+  for (const auto& a : hc.allocs) bases.push_back(const_cast<uint16_t*>(a.data()));
+  flash4_bwd_args a = make_bwd_args(bc, bases, const_cast<float*>(bc.lse.data()), hc.cu_q.data(), hc.cu_k.data(),
+                                    hc.seqused.data());
+  a.dq = out_dense_tensor(hc, dq, dt);
+  a.dk = k_dense_tensor(hc, dk, dt);
+  a.dv = k_dense_tensor(hc, dv, dt);
+  a.opt.path = FLASH4_PATH_AUTO;
+  const flash4_status st = flash4_reference_bwd(&a, prec, threads);
+  if (st != FLASH4_OK)
+    throw Error(std::string("flash4_reference_bwd(") + (prec == FLASH4_REF_FP64 ? "FP64" : "LOWP") + ") returned " +
+                flash4_status_string(st) + ": " + flash4_last_error() + " [" + describe(hc.p) + "]");
+}
+
+// Both precisions; outputs pre-filled with NaN so anything left unwritten shows.
+inline BwdReference run_bwd_reference(const BwdHostCase& bc, int threads = 0, bool lowp = true) {
+  BwdReference r;
+  const size_t nq = size_t(bc.hc.out_numel()), nk = size_t(bc.k_numel());
+  const double qnan = std::numeric_limits<double>::quiet_NaN();
+  r.dq64.assign(nq, qnan);
+  r.dk64.assign(nk, qnan);
+  r.dv64.assign(nk, qnan);
+  r.dq64.reserve(1); r.dk64.reserve(1); r.dv64.reserve(1);
+  run_bwd_reference_one(bc, FLASH4_REF_FP64, FLASH4_DTYPE_FP64, r.dq64.data(), r.dk64.data(), r.dv64.data(),
+                        threads);
+  if (lowp) {
+    r.dq_lowp.assign(nq, kPoison16);
+    r.dk_lowp.assign(nk, kPoison16);
+    r.dv_lowp.assign(nk, kPoison16);
+    r.dq_lowp.reserve(1); r.dk_lowp.reserve(1); r.dv_lowp.reserve(1);
+    run_bwd_reference_one(bc, FLASH4_REF_LOWP, bc.hc.p.dtype, r.dq_lowp.data(), r.dk_lowp.data(),
+                          r.dv_lowp.data(), threads);
+  }
+  return r;
+}
+
+// Errors of one gradient tensor.
+struct GradStats {
+  double err_kernel = 0, err_lowp = 0, atol = 0, tol = 0, ratio = 0;
+  int64_t numel = 0;
+  int64_t nan = 0;         // NaN / poison inside the view (unwritten)
+  int64_t guard = 0;       // allocation elements outside the view that changed
+  int64_t empty = 0;       // rows (dq) / keys (dk, dv) that see nothing
+  int64_t empty_bad = 0;   // ... whose gradient is not exactly 0
+  std::string text(const char* name) const {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s: err_kernel=%.3e err_lowp=%.3e atol=%.3e tol=%.3e ratio=%.3f nan=%lld guard=%lld "
+                  "empty=%lld bad=%lld",
+                  name, err_kernel, err_lowp, atol, tol, ratio, (long long)nan, (long long)guard, (long long)empty,
+                  (long long)empty_bad);
+    return buf;
+  }
+};
+
+struct BwdResult {
+  std::string desc;
+  flash4_status status = FLASH4_OK;
+  std::string message;
+  GradStats dq, dk, dv;
+  double worst_ratio = 0;  // max of the three ratios
+  bool pass = false;
+  std::string why;
+  std::string summary() const {
+    std::string s = "[" + desc + "] " + (pass ? "PASS" : "FAIL");
+    if (!pass) s += " (" + why + ")";
+    if (status != FLASH4_OK) s += std::string(" status=") + flash4_status_string(status) + ": " + message;
+    return s + " | " + dq.text("dq") + " | " + dk.text("dk") + " | " + dv.text("dv");
+  }
+};
+
+namespace detail {
+
+// One gradient: `view` over `alloc` (device result), logical rows x heads x D,
+// `empty_row(row)` true where the gradient must be exactly 0.
+template <class EmptyRow>
+inline GradStats grad_stats(const HostCase& hc, const View& view, const std::vector<uint16_t>& alloc, int64_t rows,
+                            int64_t rows_per_batch, int heads, const std::vector<double>& ref64,
+                            const std::vector<uint16_t>& lowp, double rtol, EmptyRow empty_row) {
+  const Problem& p = hc.p;
+  const int D = p.headdim;
+  const double inf = std::numeric_limits<double>::infinity();
+  GradStats g;
+  g.numel = rows * heads * D;
+  std::vector<uint8_t> in_view(alloc.size(), 0);
+  double e_k = 0, e_l = 0;
+  for (int64_t row = 0; row < rows; ++row) {
+    const bool empty = empty_row(row);
+    for (int h = 0; h < heads; ++h) {
+      bool bad = false;
+      for (int d = 0; d < D; ++d) {
+        const size_t ai = size_t(view.at(row, h, d, rows_per_batch));
+        in_view[ai] = 1;
+        const size_t li = size_t((row * heads + h) * D + d);
+        const double r64 = ref64[li];
+        const double x = half_to_float(p.dtype, alloc[ai]);
+        if (std::isnan(x)) { ++g.nan; e_k = inf; }
+        else if (std::isfinite(r64)) e_k = std::max(e_k, std::fabs(x - r64));
+        else e_k = inf;
+        if (!lowp.empty()) {
+          const double l = half_to_float(p.dtype, lowp[li]);
+          e_l = std::isfinite(l) && std::isfinite(r64) ? std::max(e_l, std::fabs(l - r64)) : inf;
+        }
+        if (empty && x != 0.0) bad = true;
+      }
+      if (empty) {
+        ++g.empty;
+        if (bad) ++g.empty_bad;
+      }
+    }
+  }
+  for (size_t i = 0; i < alloc.size(); ++i)
+    if (!in_view[i] && alloc[i] != kPoison16) ++g.guard;
+  g.err_kernel = e_k;
+  g.err_lowp = e_l;
+  g.atol = output_atol(ref64, p.dtype);
+  g.tol = rtol * e_l + g.atol;
+  g.ratio = e_l > 0 ? e_k / e_l : (e_k == 0 ? 0.0 : inf);
+  return g;
+}
+
+}  // namespace detail
+
+// Per (sequence, key) whether any query row sees that key (keys past
+// seqused_k see nothing). Indexed by the logical key row.
+inline std::vector<uint8_t> keys_seen(const HostCase& hc) {
+  std::vector<uint8_t> seen(size_t(hc.rows_k), 0);
+  for (int b = 0; b < hc.batch; ++b)
+    for (int64_t j = 0; j < hc.sk[b]; ++j) {
+      bool any = false;
+      for (int64_t i = 0; i < hc.sq[b] && !any; ++i) any = visible(hc.p, i, j, hc.sq[b], hc.sk_used[b]);
+      seen[size_t(hc.k_start[b] + j)] = any ? 1 : 0;
+    }
+  return seen;
+}
+
+inline BwdResult evaluate_bwd(const BwdHostCase& bc, const BwdReference& ref, const BwdRawOutput& raw,
+                              flash4_status status, const std::string& message) {
+  const HostCase& hc = bc.hc;
+  const Problem& p = hc.p;
+  BwdResult r;
+  r.desc = describe(p);
+  r.status = status;
+  r.message = message;
+  auto fail = [&](const std::string& why) { if (r.why.empty()) r.why = why; };
+  if (status != FLASH4_OK) fail(std::string("flash4_bwd returned ") + flash4_status_string(status));
+  // Query rows (logical row, head) without a visible key: lse64 is -inf; a
+  // query row is empty for dq if it is empty in every head (the mask does not
+  // depend on the head, so that is the same as in any head).
+  std::vector<uint8_t> row_empty(size_t(hc.rows_q), 0);
+  for (int b = 0; b < hc.batch; ++b)
+    for (int64_t i = 0; i < hc.sq[b]; ++i) {
+      const double l = bc.lse64[size_t(hc.lse_index(b, i, 0))];
+      row_empty[size_t(hc.q_start[b] + i)] = std::isinf(l) && l < 0 ? 1 : 0;
+    }
+  const std::vector<uint8_t> seen = keys_seen(hc);
+  const double rtol = p.grad_rtol;
+  r.dq = detail::grad_stats(hc, bc.dq, raw.dq_alloc, hc.rows_q, hc.q_rows_per_batch(), p.heads_q, ref.dq64,
+                            ref.dq_lowp, rtol, [&](int64_t row) { return row_empty[size_t(row)] != 0; });
+  auto key_empty = [&](int64_t row) { return seen[size_t(row)] == 0; };
+  r.dk = detail::grad_stats(hc, bc.dk, raw.dk_alloc, hc.rows_k, hc.k_rows_per_batch(), p.heads_kv, ref.dk64,
+                            ref.dk_lowp, rtol, key_empty);
+  r.dv = detail::grad_stats(hc, bc.dv, raw.dv_alloc, hc.rows_k, hc.k_rows_per_batch(), p.heads_kv, ref.dv64,
+                            ref.dv_lowp, rtol, key_empty);
+  r.worst_ratio = std::max({r.dq.ratio, r.dk.ratio, r.dv.ratio});
+  const char* names[3] = {"dq", "dk", "dv"};
+  const GradStats* gs[3] = {&r.dq, &r.dk, &r.dv};
+  for (int t = 0; t < 3; ++t) {
+    const GradStats& g = *gs[t];
+    const std::string n = names[t];
+    if (g.nan) fail(std::to_string(g.nan) + " " + n + " elements NaN/unwritten");
+    if (g.guard) fail(std::to_string(g.guard) + " writes outside the " + n + " view");
+    if (g.empty_bad) fail(std::to_string(g.empty_bad) + " " + n + " rows that see nothing are not exactly 0");
+    if (!(g.err_kernel <= g.tol)) fail(n + ": err_kernel > grad_rtol*err_lowp + atol");
+  }
+  r.pass = r.why.empty();
+  return r;
+}
+
+// What a device run would download if the kernel had written the dense
+// gradients given (in the dtype): poison everywhere else. For testing the
+// rule itself on the CPU.
+inline BwdRawOutput simulated_bwd_output(const BwdHostCase& bc, const std::vector<uint16_t>& dq,
+                                         const std::vector<uint16_t>& dk, const std::vector<uint16_t>& dv) {
+  const HostCase& hc = bc.hc;
+  const Problem& p = hc.p;
+  BwdRawOutput raw;
+  auto fill = [&](const View& v, const std::vector<uint16_t>& dense, int64_t rows, int64_t rpb, int heads,
+                  std::vector<uint16_t>* alloc) {
+    alloc->assign(hc.allocs[size_t(v.alloc)].size(), kPoison16);
+    for (int64_t row = 0; row < rows; ++row)
+      for (int h = 0; h < heads; ++h)
+        for (int d = 0; d < p.headdim; ++d)
+          (*alloc)[size_t(v.at(row, h, d, rpb))] = dense[size_t((row * heads + h) * p.headdim + d)];
+  };
+  fill(bc.dq, dq, hc.rows_q, hc.q_rows_per_batch(), p.heads_q, &raw.dq_alloc);
+  fill(bc.dk, dk, hc.rows_k, hc.k_rows_per_batch(), p.heads_kv, &raw.dk_alloc);
+  fill(bc.dv, dv, hc.rows_k, hc.k_rows_per_batch(), p.heads_kv, &raw.dv_alloc);
+  return raw;
+}
+
+// One problem end to end: inputs and forward reference, upload, poison,
+// flash4_bwd on a stream, synchronize, download, both references, evaluate.
+inline BwdResult run_gpu_bwd(const Problem& p, int ref_threads = 0) {
+  BwdHostCase bc = make_bwd_case(p);
+  BwdDeviceCase dc(bc);
+  Stream stream;
+  dc.poison(stream.get());
+  std::string msg;
+  const flash4_status st = dc.launch(stream.get(), &msg);
+  FLASH4_HARNESS_CUDA(cudaGetLastError());
+  stream.sync();
+  const BwdRawOutput raw = dc.download();
+  const BwdReference ref = run_bwd_reference(bc, ref_threads);
+  return evaluate_bwd(bc, ref, raw, st, msg);
+}
+
+// Distance in units of the dtype's last place at the larger magnitude
+// (subnormal spacing below the normal range); NaN or inf on either side: inf.
+inline double ulp_distance(flash4_dtype t, uint16_t a, uint16_t b) {
+  const double x = half_to_float(t, a), y = half_to_float(t, b);
+  if (!std::isfinite(x) || !std::isfinite(y)) return std::numeric_limits<double>::infinity();
+  const double m = std::max(std::fabs(x), std::fabs(y));
+  const int mant = t == FLASH4_DTYPE_FP16 ? 10 : 7;
+  const int emin = t == FLASH4_DTYPE_FP16 ? -14 : -126;
+  const int e = m > 0 ? std::max(std::ilogb(m), emin) : emin;
+  return std::fabs(x - y) / std::ldexp(1.0, e - mant);
 }
 
 // ======================================================================

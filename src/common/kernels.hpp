@@ -2,6 +2,8 @@
 // already run; each family checks only what it itself cannot do.
 #pragma once
 #include <cuda_runtime.h>
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include "common/params.hpp"
 
@@ -16,5 +18,49 @@ cudaError_t sm80_fwd_run(const FwdParams& p, cudaStream_t stream);
 // Defined only when FLASH4_HAVE_SM90; dispatch checks the macro.
 bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::string* why);
 cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
+
+// ---- backward workspace (every backward path uses this layout) ----------
+// Rows of the query side are padded to 128 per (batch, head):
+//   sq_pad = round_up(Sq, 128) (batched); varlen packs the sequences, each
+//   padded to 128 rows, bounded by total_q + 128 * B.
+//   dq_accum  fp32 rows x Hq x round_up(D, 32)  (offset 0)
+//   lse_log2  fp32 rows x Hq                    (after dq_accum)
+//   dsum      fp32 rows x Hq                    (after lse_log2)
+// Every region starts at a multiple of 16 bytes from the workspace start.
+struct BwdWorkspace {
+  uint64_t rows = 0;      // padded query rows over the batch (B * sq_pad batched)
+  uint64_t sq_pad = 0;    // batched: round_up(Sq, 128)
+  uint64_t d_pad = 0;     // round_up(D, 32)
+  uint64_t dq_accum_offset = 0, lse_log2_offset = 0, dsum_offset = 0;  // bytes
+  uint64_t total_bytes = 0;
+};
+// False when the sizes overflow.
+inline bool bwd_workspace_layout(const BwdParams& p, int64_t total_q, BwdWorkspace* w) {
+  BwdWorkspace r;
+  r.sq_pad = (uint64_t(p.seqlen_q) + 127u) / 128u * 128u;
+  r.rows = p.cu_seqlens_q != nullptr ? uint64_t(total_q) + 128u * uint64_t(p.batch)
+                                     : uint64_t(p.batch) * r.sq_pad;
+  r.d_pad = (uint64_t(p.headdim) + 31u) / 32u * 32u;
+  uint64_t row_elems = 0, dq_elems = 0, dq_bytes = 0, row_bytes = 0, total = 0;
+  if (__builtin_mul_overflow(r.rows, uint64_t(p.heads_q), &row_elems) ||
+      __builtin_mul_overflow(row_elems, r.d_pad, &dq_elems) ||
+      __builtin_mul_overflow(dq_elems, uint64_t(4), &dq_bytes) ||
+      __builtin_mul_overflow(row_elems, uint64_t(4), &row_bytes) ||
+      __builtin_add_overflow(dq_bytes, 2 * row_bytes, &total) || row_bytes > (UINT64_MAX / 4) ||
+      total > SIZE_MAX)
+    return false;
+  r.dq_accum_offset = 0;
+  r.lse_log2_offset = dq_bytes;
+  r.dsum_offset = dq_bytes + row_bytes;
+  r.total_bytes = total;
+  *w = r;
+  return true;
+}
+
+// ---- Hopper backward (sm_90a: TMA, wgmma, bulk reduce-add of dQ) ---------
+// Defined only when FLASH4_HAVE_SM90. p.workspace / p.workspace_bytes hold
+// the caller's workspace (bwd_workspace_layout), 16-byte aligned.
+bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::string* why);
+cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream);
 
 }  // namespace flash4

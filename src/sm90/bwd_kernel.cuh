@@ -1,0 +1,610 @@
+// Hopper (sm_90a) attention backward: preprocess, main kernel, postprocess.
+//
+// Notation: a (batch b, query head h) has Sq query rows i and Sk keys j;
+// kv head h_kv = h / group. c = softmax_scale, c2 = c * log2(e).
+//   P  = exp2(c2 * Q K^T - LSE * log2(e))      (recomputed, no row max)
+//   dP = dO V^T,  D_i = rowsum(dO_i * O_i),  dS = P * (dP - D)
+//   dV = P^T dO,  dK = c * dS^T Q,  dQ = c * dS K
+//
+// Workspace (BwdWorkspace in src/common/kernels.hpp; rows padded to
+// sq_pad = round_up(Sq, 128) per (b, h)):
+//   dq_accum  fp32 (B, Hq, sq_pad, D) as chunks of kBlockM rows (see below)
+//   lse_log2  fp32 (B, Hq, sq_pad): LSE * log2(e); +inf on rows >= Sq and on
+//             rows whose LSE is -inf (no visible key), so that P = 0 there
+//   dsum      fp32 (B, Hq, sq_pad): D_i; 0 on rows >= Sq
+//
+// 1. bwd_preprocess_kernel: grid (sq_pad/64, Hq, B). D and lse_log2 of 64
+//    rows, and zeroes the same rows of dq_accum.
+// 2. bwd_kernel (K/V-stationary, FA2/FA3 style): one CTA per (key block of
+//    128, kv head, batch), 1-D grid (order: see the kernel).
+//    A CTA owns kBlockN = 128 keys of one (b, h_kv) and walks every (query
+//    head of the group, query block of kBlockM rows) with visible keys, so
+//    dK/dV of the group stay in registers (no atomics, deterministic).
+//      WG0      producer (setmaxnreg.dec): one thread issues every load: K, V
+//               once (TMA), then per iteration Q, dO (TMA, 128B swizzle) and
+//               the lse_log2 / dsum rows (1-D bulk copies), all completing
+//               on one mbarrier of a kStages ring.
+//      WG1, WG2 consumers (setmaxnreg.inc); consumer w owns keys
+//               [64w, 64w+64) of the block. Per iteration:
+//                 S^T  = K_w Q^T      SS wgmma, M = 64 keys, N = kBlockM
+//                 dP^T = V_w dO^T     SS wgmma
+//                 P^T, dS^T           registers (fp32), masked by -inf args
+//                 dV  += P^T dO       RS wgmma (P^T packed from the accumulator)
+//                 dK  += dS^T Q       RS wgmma
+//                 dS^T -> shared memory (double buffered), one 256-thread barrier
+//                 dQ_w = dS K         SS wgmma, both operands MN-major, 64 x 64:
+//                        d = 64:  query rows [64w, 64w+64) of a 128-row block
+//                        d = 128: head-dim columns [64w, 64w+64) of a 64-row block
+//                 dQ_w -> shared memory (fragment order) -> one
+//                        cp.reduce.async.bulk .add.f32 of 16 KB into dq_accum
+//               Epilogue: dK * c and dV through shared memory and TMA stores
+//               (the store clips the key tail); written even when the block
+//               sees no query (zero gradients).
+// 3. bwd_postprocess_kernel: grid (ceil(Sq/kBlockM), Hq, B). dq = c * dq_accum
+//    in the output dtype, through a shared-memory transpose (16-byte stores).
+//
+// dq_accum chunk layout: (b, h, query block m) owns kBlockM * D consecutive
+// floats (8192 for both head dims) = two 64x64 pieces, piece w written by
+// consumer w. Inside a piece, element (register i, thread t) of the wgmma
+// accumulator fragment is at i * 128 + t, so that the shared-memory staging
+// is conflict-free and the reduce-add is one contiguous bulk copy. Fragment:
+// warp = t / 32, lane = t % 32, row = 16 warp + lane / 4 + 8 ((i >> 1) & 1),
+// col = 8 (i >> 2) + 2 (lane % 4) + (i & 1) (see ptx.cuh).
+//
+// Masking: key j is visible to query i iff j < Sk and (non-causal or
+// j <= i + Sk - Sq). Causal CTAs start at the first query block that sees
+// any of their keys; only blocks crossing the diagonal and the CTA holding
+// the key tail apply the mask. Query tails are zero-filled by TMA and have
+// lse_log2 = +inf, which makes P exactly 0 (no mask needed).
+#pragma once
+#include <cuda.h>
+#include <cstdint>
+#include "sm90/bwd_ptx.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+// Main kernel parameters, passed by value as a __grid_constant__.
+struct BwdKernelArgs {
+  CUtensorMap tm_q;   // dims {D, Sq, Hq, B}, box {64, kBlockM, 1, 1}
+  CUtensorMap tm_do;  // same as Q
+  CUtensorMap tm_k;   // dims {D, Sk, Hkv, B}, box {64, kBlockN, 1, 1}
+  CUtensorMap tm_v;   // same as K
+  CUtensorMap tm_dk;  // dims {D, Sk, Hkv, B}, box {64, 64, 1, 1} (one consumer's keys)
+  CUtensorMap tm_dv;  // same as dK
+  float* dq_accum;
+  const float* lse_log2;
+  const float* dsum;
+  int seqlen_q;
+  int seqlen_k;
+  int heads_q;
+  int group;         // Hq / Hkv
+  int heads_kv;
+  int sq_pad;        // rows per (b, h) in the workspace arrays (multiple of 128)
+  int num_m_blocks;  // ceil(Sq / kBlockM)
+  int num_n_blocks;  // ceil(Sk / kBlockN)
+  int num_hb;        // Hkv * B
+  int hb_per_section;  // causal CTA order: (b, h_kv) pairs per L2 section
+  float scale_log2;  // softmax_scale * log2(e)
+  float softmax_scale;
+};
+
+struct BwdPrepArgs {
+  const void* out;
+  const void* dout;
+  const float* lse;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  int64_t lse_batch_stride, lse_head_stride;
+  float* dq_accum;
+  float* lse_log2;
+  float* dsum;
+  int seqlen_q;
+  int heads_q;
+  int sq_pad;
+};
+
+struct BwdPostArgs {
+  const float* dq_accum;
+  void* dq;
+  int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  int seqlen_q;
+  int heads_q;
+  int sq_pad;
+  float softmax_scale;
+};
+
+template <int kHeadDim_, typename Elem_, bool kCausal_>
+struct BwdConfig {
+  using Elem = Elem_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kCausal = kCausal_;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
+
+  static constexpr int kBlockN = 128;              // keys per CTA: 2 consumers x 64
+  static constexpr int kBlockM = 8192 / kHeadDim;  // 128 (d 64) or 64 (d 128) queries
+  static constexpr int kStages = 2;                // Q / dO / row-array ring
+  static constexpr int kNumThreads = 384;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+
+  static constexpr int kPanels = kHeadDim / 64;  // 64-column panels of a Q/K row
+  static constexpr int kPanelBytesM = kBlockM * 128;
+  static constexpr int kPanelBytesN = kBlockN * 128;
+  static constexpr int kQBytes = kPanels * kPanelBytesM;  // Q or dO tile
+  static constexpr int kKBytes = kPanels * kPanelBytesN;  // K or V tile
+  // dS^T: kBlockN key rows x kBlockM query columns, kBlockM/64 panels.
+  static constexpr int kDSBytes = (kBlockM / 64) * kPanelBytesN;
+  static constexpr int kDQPieceFloats = 64 * 64;
+  static constexpr int kDQPieceBytes = kDQPieceFloats * 4;
+  static constexpr int kRowBytes = kBlockM * 4;
+  static_assert(kBlockM * kHeadDim == 2 * kDQPieceFloats, "a dQ chunk is two 64x64 pieces");
+
+  // Shared-memory layout (offsets from a 1024-aligned base).
+  static constexpr int kOffK = 0;
+  static constexpr int kOffV = kOffK + kKBytes;
+  static constexpr int kOffQ = kOffV + kKBytes;
+  static constexpr int kOffDO = kOffQ + kStages * kQBytes;
+  static constexpr int kOffDS = kOffDO + kStages * kQBytes;
+  static constexpr int kOffDQ = kOffDS + 2 * kDSBytes;
+  static constexpr int kOffLse = kOffDQ + 2 * kDQPieceBytes;
+  static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
+  static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
+  // barriers: kv_full, full[S], empty[S]
+  static constexpr int kNumBars = 1 + 2 * kStages;
+  static constexpr int kSmemBytes = kOffBar + 8 * kNumBars + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
+};
+
+// Named barrier ids (0 is __syncthreads).
+enum BwdNamedBarrier : int {
+  kBwdBarDS = 1,   // both consumers wrote dS^T (256 threads)
+  kBwdBarWG0 = 2,  // per-consumer sync (kBwdBarWG0 + w, 128 threads)
+  kBwdBarWG1 = 3,
+  kBwdBarEpi = 4,  // both consumers finished every wgmma (256 threads)
+};
+
+// First query block whose rows see any key of key block n_block.
+template <bool kCausal, int kBM, int kBN>
+__device__ __forceinline__ int bwd_m_begin(int n_block, int Sq, int Sk, int num_m_blocks) {
+  if constexpr (!kCausal) {
+    return 0;
+  } else {
+    // Query i sees key j iff i >= j - (Sk - Sq).
+    const int64_t i_min = static_cast<int64_t>(n_block) * kBN - (static_cast<int64_t>(Sk) - Sq);
+    const int64_t m = i_min <= 0 ? 0 : i_min / kBM;
+    return m < num_m_blocks ? static_cast<int>(m) : num_m_blocks;
+  }
+}
+
+template <class C>
+__global__ void __launch_bounds__(C::kNumThreads, 1)
+    bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
+  using T = typename C::Elem;
+  constexpr int kD = C::kHeadDim;
+  constexpr int kBM = C::kBlockM;
+  constexpr int kBN = C::kBlockN;
+  constexpr int kS = C::kStages;
+  constexpr int kNS = kBM / 2;  // S^T / dP^T accumulators per thread (64 keys x kBM)
+  constexpr int kNK = kD / 2;   // dK / dV accumulators per thread (64 keys x kD)
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                             ~static_cast<uintptr_t>(1023));
+  uint8_t* sK = smem + C::kOffK;
+  uint8_t* sV = smem + C::kOffV;
+  uint8_t* sQ = smem + C::kOffQ;
+  uint8_t* sDO = smem + C::kOffDO;
+  uint8_t* sDS = smem + C::kOffDS;
+  float* sDQ = reinterpret_cast<float*>(smem + C::kOffDQ);
+  float* sLse = reinterpret_cast<float*>(smem + C::kOffLse);
+  float* sDsum = reinterpret_cast<float*>(smem + C::kOffDsum);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
+  uint64_t* kv_full = bars;
+  uint64_t* full = bars + 1;
+  uint64_t* empty = bars + 1 + kS;
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int lane = tid % 32;
+  // CTA order (1-D grid of num_n_blocks * num_hb): non-causal, key blocks
+  // fastest, so CTAs running together share one head's Q / dO in L2. Causal:
+  // (b, h_kv) pairs in sections of hb_per_section (sized on the host so that
+  // a section's Q / dO fit in L2); inside a section key blocks slowest
+  // (bottom-right mask: block 0 sees the most queries), so the heaviest CTAs
+  // start first and a section ends with its lightest.
+  const int cta = static_cast<int>(blockIdx.x);
+  int n_block, hb;
+  if constexpr (C::kCausal) {
+    const int per_sec = args.hb_per_section * args.num_n_blocks;
+    const int sec = cta / per_sec;
+    const int r = cta - sec * per_sec;
+    const int hs = min(args.hb_per_section, args.num_hb - sec * args.hb_per_section);
+    n_block = r / hs;
+    hb = sec * args.hb_per_section + (r - n_block * hs);
+  } else {
+    hb = cta / args.num_n_blocks;
+    n_block = cta - hb * args.num_n_blocks;
+  }
+  const int b = hb / args.heads_kv;
+  const int h_kv = hb - b * args.heads_kv;
+  const int Sq = args.seqlen_q;
+  const int Sk = args.seqlen_k;
+  const int m_begin = bwd_m_begin<C::kCausal, kBM, kBN>(n_block, Sq, Sk, args.num_m_blocks);
+  const int nm = args.num_m_blocks - m_begin;  // query blocks per head
+  const int n_iters = nm * args.group;
+  // Workspace row offset of (b, h, query block m).
+  auto row_offset = [&](int h, int m) -> int64_t {
+    return (static_cast<int64_t>(b) * args.heads_q + h) * args.sq_pad +
+           static_cast<int64_t>(m) * kBM;
+  };
+
+  if (tid == 0) {
+    mbar_init(kv_full, 1);
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // every consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ------------------------------------------------------------ producer
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (tid == 0) {
+      prefetch_tmap(&args.tm_q);
+      prefetch_tmap(&args.tm_do);
+      prefetch_tmap(&args.tm_k);
+      prefetch_tmap(&args.tm_v);
+      mbar_arrive_expect_tx(kv_full, 2 * C::kKBytes);
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p) {
+        tma_load_4d(sK + p * C::kPanelBytesN, &args.tm_k, kv_full, p * 64, n_block * kBN, h_kv, b);
+        tma_load_4d(sV + p * C::kPanelBytesN, &args.tm_v, kv_full, p * 64, n_block * kBN, h_kv, b);
+      }
+      for (int it = 0; it < n_iters; ++it) {
+        const int h = h_kv * args.group + it / nm;
+        const int m = m_begin + it % nm;
+        const int s = it % kS;
+        const uint32_t ph = (it / kS) & 1;
+        mbar_wait(&empty[s], ph ^ 1);
+        mbar_arrive_expect_tx(&full[s], 2 * C::kQBytes + 2 * C::kRowBytes);
+#pragma unroll
+        for (int p = 0; p < C::kPanels; ++p) {
+          tma_load_4d(sQ + s * C::kQBytes + p * C::kPanelBytesM, &args.tm_q, &full[s], p * 64,
+                      m * kBM, h, b);
+          tma_load_4d(sDO + s * C::kQBytes + p * C::kPanelBytesM, &args.tm_do, &full[s], p * 64,
+                      m * kBM, h, b);
+        }
+        const int64_t ro = row_offset(h, m);
+        bulk_load_1d(sLse + s * kBM, args.lse_log2 + ro, C::kRowBytes, &full[s]);
+        bulk_load_1d(sDsum + s * kBM, args.dsum + ro, C::kRowBytes, &full[s]);
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------- consumers
+  setmaxnreg_inc<C::kConsumerRegs>();
+  const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
+  const int wthr = tid - 128 * wg;  // thread within the warpgroup
+  const int warp_in_wg = wthr / 32;
+  const int quad = lane % 4;
+  const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
+  const int key0 = n_block * kBN + 64 * cw + row0;
+  const int shift = Sk - Sq;  // causal: key j visible to query i iff j <= i + shift
+  const float c2 = args.scale_log2;
+  const bool key_tail = static_cast<int64_t>(n_block + 1) * kBN > Sk;
+
+  const uint32_t k_base = smem_u32(sK);
+  const uint32_t v_base = smem_u32(sV);
+  const uint32_t q_base = smem_u32(sQ);
+  const uint32_t do_base = smem_u32(sDO);
+  const uint32_t ds_base = smem_u32(sDS);
+  float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
+
+  float dv[kNK];
+  float dk[kNK];
+  float s_acc[kNS];
+  float dp_acc[kNS];
+  float dq[32];
+  uint32_t p_frag[kBM / 16][4];
+  uint32_t ds_frag[kBM / 16][4];
+#pragma unroll
+  for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
+
+  // S^T = K_w Q^T (acc) or dP^T = V_w dO^T: both operands K-major, 128B swizzle.
+  auto issue_kt = [&](float(&acc)[kNS], uint32_t a_tile, uint32_t b_tile) {
+    uint32_t aa = a_tile + cw * 64 * 128;  // rows [64 cw, 64 cw + 64) of the key block
+    uint32_t ba = b_tile;
+    reg_fence(aa);
+    reg_fence(ba);
+    const uint64_t a_desc = make_sw128_desc(aa, 16, 1024);
+    const uint64_t b_desc = make_sw128_desc(ba, 16, 1024);
+    // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
+    // operands: defining them here ends the previous iteration's live range.
+#pragma unroll
+    for (int i = 0; i < kNS; ++i) acc[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
+      const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
+      wgmma_ss<T, kBM>(acc, desc_advance(a_desc, off_a), desc_advance(b_desc, off_b), kk > 0);
+    }
+    wgmma_commit_group();
+  };
+
+  mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int h = h_kv * args.group + it / nm;
+    const int m = m_begin + it % nm;
+    const int s = it % kS;
+    const uint32_t ph = (it / kS) & 1;
+    const int q0 = m * kBM;
+    mbar_wait(&full[s], ph);
+
+    issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
+    issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
+
+    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf
+    bool need_mask = key_tail;
+    if constexpr (C::kCausal)
+      need_mask = need_mask || static_cast<int64_t>(q0) + shift < static_cast<int64_t>(n_block) * kBN + kBN - 1;
+    const float* lse_s = sLse + s * kBM;
+    const float* dsum_s = sDsum + s * kBM;
+    wgmma_wait_group<1>();
+    reg_fence_array(s_acc);
+#pragma unroll
+    for (int c = 0; c < kBM / 8; ++c) {
+      const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
+        float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
+        if (need_mask) {
+          const int key = key0 + 8 * hh;
+          const int qi = q0 + 8 * c + 2 * quad;
+          bool m0 = key >= Sk, m1 = key >= Sk;
+          if constexpr (C::kCausal) {
+            // masked iff key > query + shift
+            m0 = m0 || static_cast<int64_t>(key) > static_cast<int64_t>(qi) + shift;
+            m1 = m1 || static_cast<int64_t>(key) > static_cast<int64_t>(qi) + 1 + shift;
+          }
+          if (m0) x0 = -INFINITY;
+          if (m1) x1 = -INFINITY;
+        }
+        s_acc[4 * c + 2 * hh] = ex2_approx(x0);
+        s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
+      }
+    }
+    // ---- dS^T = P^T * (dP^T - D[query])
+    wgmma_wait_group<0>();
+    reg_fence_array(dp_acc);
+#pragma unroll
+    for (int c = 0; c < kBM / 8; ++c) {
+      const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
+        dp_acc[4 * c + 2 * hh + 1] = s_acc[4 * c + 2 * hh + 1] * (dp_acc[4 * c + 2 * hh + 1] - dd.y);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+        ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
+      }
+
+    // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
+    {
+      uint32_t doa = do_base + s * C::kQBytes;
+      uint32_t qa = q_base + s * C::kQBytes;
+      reg_fence(doa);
+      reg_fence(qa);
+      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
+      wgmma_commit_group();
+    }
+
+    // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
+    {
+      uint8_t* buf = sDS + (it & 1) * C::kDSBytes;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const uint32_t r = static_cast<uint32_t>(64 * cw + row0 + 8 * hh);
+        uint8_t* row_base = buf + r * 128 + quad * 4;
+#pragma unroll
+        for (int c = 0; c < kBM / 8; ++c) {
+          const uint32_t chunk = static_cast<uint32_t>(c % 8);
+          *reinterpret_cast<uint32_t*>(row_base + (c / 8) * C::kPanelBytesN +
+                                       ((chunk ^ (r & 7u)) << 4)) = ds_frag[c / 2][2 * (c % 2) + hh];
+        }
+      }
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(kBwdBarDS, 256);
+
+    // ---- dQ piece = dS K: A = dS (MN-major: queries contiguous), B = K (MN-major: d contiguous)
+    {
+      constexpr int kAPanelStep = kD == 64 ? 1 : 0;  // d 64: consumer w takes query rows 64w..
+      constexpr int kBPanelStep = kD == 64 ? 0 : 1;  // d 128: consumer w takes d columns 64w..
+      uint32_t da = ds_base + (it & 1) * C::kDSBytes + cw * kAPanelStep * C::kPanelBytesN;
+      uint32_t ka = k_base + cw * kBPanelStep * C::kPanelBytesN;
+      reg_fence(da);
+      reg_fence(ka);
+      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
+      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
+                                   desc_advance(b_desc, kk * 16 * 128), kk > 0);
+      wgmma_commit_group();
+    }
+    wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
+    reg_fence_array(dq);
+    reg_fence_array(dv);
+    reg_fence_array(dk);
+    __syncwarp();  // every lane's reads of the stage's row arrays come before the release
+    if (lane == 0) mbar_arrive(&empty[s]);
+
+    // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
+    if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
+    named_bar_sync(kBwdBarWG0 + cw, 128);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+    fence_proxy_async_smem();
+    named_bar_sync(kBwdBarWG0 + cw, 128);
+    if (wthr == 0) {
+      bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats, sDQ_mine,
+                          C::kDQPieceBytes);
+      tma_store_commit();
+    }
+  }
+
+  // ------------------------------------------------------------- epilogue
+  // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
+  // become the staging buffers of dK / dV (this consumer's 64 rows).
+  named_bar_sync(kBwdBarEpi, 256);
+  {
+    const float sc = args.softmax_scale;
+    const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
+    const uint32_t r7 = r & 7u;
+#pragma unroll
+    for (int p = 0; p < C::kPanels; ++p)
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = 4 * (8 * p + c) + 2 * hh;
+          const uint32_t off = p * C::kPanelBytesN + (r + 8 * hh) * 128 +
+                               ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
+          *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
+          *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
+        }
+  }
+  fence_proxy_async_smem();
+  named_bar_sync(kBwdBarWG0 + cw, 128);
+  if (wthr == 0) {
+    const int key_start = n_block * kBN + 64 * cw;
+    if (key_start < Sk) {
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p) {
+        tma_store_4d(&args.tm_dk, sK + p * C::kPanelBytesN + 64 * cw * 128, p * 64, key_start,
+                     h_kv, b);
+        tma_store_4d(&args.tm_dv, sV + p * C::kPanelBytesN + 64 * cw * 128, p * 64, key_start,
+                     h_kv, b);
+      }
+      tma_store_commit();
+    }
+    bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Preprocess: 64 rows of one (b, h) per CTA of 256 threads.
+// ---------------------------------------------------------------------------
+template <typename T, int kD>
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
+  const T* x = reinterpret_cast<const T*>(&a);
+  const T* y = reinterpret_cast<const T*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) s = fmaf(static_cast<float>(x[e]), static_cast<float>(y[e]), s);
+  return s;
+}
+
+template <typename T, int kD>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(const BwdPrepArgs a) {
+  constexpr int kRows = 64;
+  constexpr int kTPR = kD / 8;  // threads per row, 16 bytes each
+  static_assert(32 % kTPR == 0, "a row's threads sit in one warp");
+  constexpr int kRowsPerPass = 256 / kTPR;
+  const int h = static_cast<int>(blockIdx.y);
+  const int b = static_cast<int>(blockIdx.z);
+  const int row0 = static_cast<int>(blockIdx.x) * kRows;
+  const int64_t bh = static_cast<int64_t>(b) * a.heads_q + h;
+  const int part = threadIdx.x % kTPR;
+  for (int r = threadIdx.x / kTPR; r < kRows; r += kRowsPerPass) {
+    const int i = row0 + r;
+    float acc = 0.f;
+    if (i < a.seqlen_q) {
+      const uint4 o = *reinterpret_cast<const uint4*>(
+          static_cast<const T*>(a.out) + b * a.o_batch_stride + i * a.o_row_stride +
+          h * a.o_head_stride + part * 8);
+      const uint4 d = *reinterpret_cast<const uint4*>(
+          static_cast<const T*>(a.dout) + b * a.do_batch_stride + i * a.do_row_stride +
+          h * a.do_head_stride + part * 8);
+      acc = dot8<T, kD>(o, d);
+    }
+#pragma unroll
+    for (int off = kTPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (part == 0) {
+      const int64_t w = bh * a.sq_pad + i;
+      a.dsum[w] = acc;
+      const float l = i < a.seqlen_q ? a.lse[b * a.lse_batch_stride + h * a.lse_head_stride + i]
+                                     : -INFINITY;
+      a.lse_log2[w] = l == -INFINITY ? INFINITY : l * 1.4426950408889634f;
+    }
+  }
+  float4* z = reinterpret_cast<float4*>(a.dq_accum + (bh * a.sq_pad + row0) * kD);
+  for (int e = threadIdx.x; e < kRows * kD / 4; e += 256) z[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// ---------------------------------------------------------------------------
+// Postprocess: one query block (kBlockM rows) of one (b, h) per CTA.
+// ---------------------------------------------------------------------------
+template <typename T, int kD>
+__global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs a) {
+  constexpr int kBM = 8192 / kD;
+  constexpr int kLd = kD + 4;  // padded row (floats); 16-byte aligned rows
+  __shared__ __align__(16) float tile[kBM * kLd];
+  const int m = static_cast<int>(blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y);
+  const int b = static_cast<int>(blockIdx.z);
+  const int64_t bh = static_cast<int64_t>(b) * a.heads_q + h;
+  const float* chunk = a.dq_accum + (bh * a.sq_pad + static_cast<int64_t>(m) * kBM) * kD;
+  for (int e = threadIdx.x; e < 8192; e += 256) {
+    const int w = e >> 12, i = (e >> 7) & 31, t = e & 127;
+    const int warp = t >> 5, ln = t & 31;
+    const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
+    const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
+    const int row = kD == 64 ? 64 * w + r : r;
+    const int col = kD == 64 ? c : 64 * w + c;
+    tile[row * kLd + col] = chunk[e];
+  }
+  __syncthreads();
+  const float sc = a.softmax_scale;
+  for (int e = threadIdx.x; e < kBM * (kD / 8); e += 256) {
+    const int row = e / (kD / 8), cg = e % (kD / 8);
+    const int i = m * kBM + row;
+    if (i >= a.seqlen_q) continue;
+    const float4 lo = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8]);
+    const float4 hi = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8 + 4]);
+    uint4 v;
+    v.x = pack2<T>(lo.x * sc, lo.y * sc);
+    v.y = pack2<T>(lo.z * sc, lo.w * sc);
+    v.z = pack2<T>(hi.x * sc, hi.y * sc);
+    v.w = pack2<T>(hi.z * sc, hi.w * sc);
+    *reinterpret_cast<uint4*>(static_cast<T*>(a.dq) + b * a.dq_batch_stride + i * a.dq_row_stride +
+                              h * a.dq_head_stride + cg * 8) = v;
+  }
+}
+
+}  // namespace sm90
+}  // namespace flash4

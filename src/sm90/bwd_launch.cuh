@@ -1,0 +1,85 @@
+// Launch helpers for the Hopper backward: the three kernels of one head dim
+// (preprocess, main, postprocess) on a stream, and the per-head-dim entry
+// points that the instantiation files (bwd_sm90_hdim*.cu) define.
+#pragma once
+#include <cuda_runtime.h>
+#include "sm90/bwd_kernel.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+// Everything a backward launch needs; filled by sm90_bwd_run (bwd_sm90.cu).
+struct BwdLaunch {
+  BwdKernelArgs main;
+  BwdPrepArgs prep;
+  BwdPostArgs post;
+  int batch = 0;
+  int heads_q = 0;
+  int heads_kv = 0;
+  int n_blocks = 0;   // ceil(Sk / 128): main-kernel CTAs per (b, h_kv)
+  int prep_blocks = 0;  // sq_pad / 64
+  int post_blocks = 0;  // ceil(Sq / kBlockM)
+};
+
+template <int kD>
+constexpr int bwd_block_m() {
+  return BwdConfig<kD, __nv_bfloat16, false>::kBlockM;
+}
+
+template <class C>
+cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
+  auto kernel = bwd_kernel<C>;
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(l.n_blocks) * static_cast<unsigned>(l.heads_kv) *
+                         static_cast<unsigned>(l.batch),
+                     1, 1);  // < 2^31 (sm90_bwd_supported)
+  cfg.blockDim = dim3(C::kNumThreads, 1, 1);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  return cudaLaunchKernelEx(&cfg, kernel, l.main);
+}
+
+// Preprocess -> main -> postprocess, each skipped when it has nothing to do
+// (Sq == 0: no query rows; Sk == 0: no key blocks, dq comes out zero).
+template <int kD, typename T, bool kCausal>
+cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
+  if (l.prep_blocks > 0) {
+    bwd_preprocess_kernel<T, kD><<<dim3(static_cast<unsigned>(l.prep_blocks),
+                                        static_cast<unsigned>(l.heads_q),
+                                        static_cast<unsigned>(l.batch)),
+                                   256, 0, stream>>>(l.prep);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  if (l.n_blocks > 0) {
+    const cudaError_t e = launch_bwd_main<BwdConfig<kD, T, kCausal>>(l, stream);
+    if (e != cudaSuccess) return e;
+  }
+  if (l.post_blocks > 0) {
+    bwd_postprocess_kernel<T, kD><<<dim3(static_cast<unsigned>(l.post_blocks),
+                                         static_cast<unsigned>(l.heads_q),
+                                         static_cast<unsigned>(l.batch)),
+                                    256, 0, stream>>>(l.post);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <int kD>
+cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream) {
+  if (bf16)
+    return causal ? launch_bwd<kD, __nv_bfloat16, true>(l, stream)
+                  : launch_bwd<kD, __nv_bfloat16, false>(l, stream);
+  return causal ? launch_bwd<kD, __half, true>(l, stream) : launch_bwd<kD, __half, false>(l, stream);
+}
+
+// Defined in bwd_sm90_hdim64.cu / bwd_sm90_hdim128.cu.
+cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+
+}  // namespace sm90
+}  // namespace flash4

@@ -1,0 +1,79 @@
+// Hopper (sm_90a) instruction wrappers the backward needs beyond
+// src/sm90/ptx.cuh (which it includes and reuses): one function per
+// instruction, no policy. Candidates to merge into ptx.cuh.
+//
+//   wgmma_ss_tatb_m64n64k16  SS wgmma with BOTH operands MN-major
+//                            (trans-a = trans-b = 1): dQ = dS K, where dS^T
+//                            and K sit in shared memory with the M resp. N
+//                            dimension contiguous.
+//   bulk_load_1d             cp.async.bulk global -> shared, completing on an
+//                            mbarrier (tx bytes): LSE / softmax-D row blocks.
+//   bulk_reduce_add_f32      cp.reduce.async.bulk .add.f32 shared -> global
+//                            (bulk_group): the dQ accumulation.
+//   bulk_wait_all            cp.async.bulk.wait_group 0 (writes done, not
+//                            only the shared-memory reads).
+#pragma once
+#include "sm90/ptx.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+// ---------------------------------------------------------------------------
+// wgmma m64n64k16, A and B from shared memory, both MN-major (transposed).
+// A descriptor: M (64) contiguous in 128-byte rows, K rows 128 bytes apart
+//   (8-row groups SBO = 1024 apart); a k16 step adds 16 * 128 = 2048 bytes.
+// B descriptor: the same with N in place of M.
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16(float (&d)[32], uint64_t desc_a,
+                                                        uint64_t desc_b, int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16<__nv_bfloat16>(float (&d)[32],
+                                                                       uint64_t desc_a,
+                                                                       uint64_t desc_b,
+                                                                       int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR
+      "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16<__half>(float (&d)[32], uint64_t desc_a,
+                                                                uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR
+      "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+      : FLASH4_WGMMA_D32_OPS(d)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// ---------------------------------------------------------------------------
+// Bulk (non-tensor) async copies. Addresses 16-byte aligned, sizes multiples
+// of 16 bytes.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void bulk_load_1d(void* smem_dst, const void* gmem_src, uint32_t bytes,
+                                             uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          smem_u32(smem_dst)),
+      "l"(gmem_src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float* smem_src,
+                                                    uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem_dst),
+      "r"(smem_u32(smem_src)), "r"(bytes)
+      : "memory");
+}
+
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+}  // namespace sm90
+}  // namespace flash4
