@@ -38,6 +38,7 @@
 //              to offload the MUFU pipe. Measured slower here (d64 and
 //              d128, 1/4 and 1/8 emulated): off in the shipped configs.
 //   kConsumers 2 or 3 (head dim 64) consumer warpgroups.
+//   kSoftcap   scores through tanh (see "Softcap" below).
 //   kRescaleThreshold  when O (and l) are rescaled. Decided per warp
 //              (__any_sync), so the skip is warp-uniform.
 //              0: only when some row max of the warp grew; otherwise the
@@ -48,11 +49,32 @@
 //                 the reference max) but the largest P is no longer exactly
 //                 1 before rounding, which adds bf16 rounding error.
 //
-// Masking: key j is visible to query i iff j < Sk and (non-causal or
-// j <= i + Sk - Sq). Causal skips fully masked K blocks and masks only blocks
-// that cross the diagonal or the Sk tail. K/V/Q tails past the sequence are
-// zero-filled by TMA; masked scores are -inf; rows with no visible key get
-// O = 0 and LSE = -inf.
+// Sequences: batched (every batch entry has Sq queries, Sk keys) or varlen
+// (cu_seqlens_q/k: sequence b is rows [cu[b], cu[b+1]) of packed tensors),
+// optionally with seqused_k (sequence b uses its first seqused_k[b] keys).
+// Plain tensor maps (batched, no seqused_k) are 4-D, {D, S, H, B}. "Ragged"
+// maps (varlen tensors; K/V with seqused_k) are 5-D, {D, L, H, B, E} (see
+// fwd_sm90.cu): a load or store of rows [pos, pos + box) of a sequence
+// (start, len) uses row coordinate L - len + pos and 5th coordinate
+// start + len; the map's base is L rows before the tensor, so the row
+// addressed is start + pos, and pos >= len is out of bounds: zero-filled on
+// loads, dropped on stores. (5-D maps for the plain case too measured a few
+// percent slower on H100, so the plain path keeps 4-D maps.)
+//
+// Masking: key j is visible to query i of a sequence with (sq, sk) iff
+// j < sk, j <= i + sk - sq + right (right >= 0; causal: right = 0) and
+// j >= i + sk - sq - left (left >= 0). Only K blocks that hold a visible key
+// for some row of the tile are visited; only blocks that cross a window
+// edge or the sk tail are masked. Masked scores are -inf; rows with no
+// visible key get O = 0 and LSE = -inf.
+//
+// Softcap (kSoftcap; args.softcap_pre = 2*log2(e)*scale/cap > 0): the score
+// becomes t = tanh(scale*s/cap) (before masking) and the exp2 multiplier
+// scale_log2 is cap*log2(e), so the softmax sees cap*t. tanh costs one
+// MUFU.EX2 plus ~10 FMA-pipe operations per score. A template flag, not a
+// runtime switch: the tanh code inside the main loop of the plain kernels
+// measured 4-9% slower on H100 (same executed instructions; the loop body
+// grew from 674 to 1782 instructions).
 #pragma once
 #include <cuda.h>
 #include <cstdint>
@@ -63,29 +85,38 @@ namespace sm90 {
 
 // Kernel parameters, passed by value as a __grid_constant__.
 struct FwdKernelArgs {
-  CUtensorMap tm_q;  // dims {D, Sq, Hq, B}, box {64, kBlockM, 1, 1}
-  CUtensorMap tm_k;  // dims {D, Sk, Hkv, B}, box {64, kBlockN, 1, 1}
+  CUtensorMap tm_q;  // dims {D, Lq, Hq, Bq, Eq}, box {64, kBlockM, 1, 1, 1}
+  CUtensorMap tm_k;  // dims {D, Lk, Hkv, Bk, Ek}, box {64, kBlockN, 1, 1, 1}
   CUtensorMap tm_v;  // same as K
-  CUtensorMap tm_o;  // dims {D, Sq, Hq, B}, box {64, 64, 1, 1} (one consumer's rows)
+  CUtensorMap tm_o;  // as Q, box {64, 64, 1, 1, 1} (one consumer's rows)
   float* lse;        // nullptr: not written
-  int64_t lse_batch_stride;
+  int64_t lse_batch_stride;  // varlen: 0 (row = cu_seqlens_q[b] + i)
   int64_t lse_head_stride;
-  int seqlen_q;
-  int seqlen_k;
+  const int* cu_seqlens_q;  // nullptr: batched (then cu_seqlens_k is nullptr too)
+  const int* cu_seqlens_k;
+  const int* seqused_k;     // nullptr: unused
+  int seqlen_q;  // batched Sq / varlen max_seqlen_q (the maps' Lq)
+  int seqlen_k;  // batched Sk / varlen max_seqlen_k (the maps' Lk)
+  int window_left;   // -1: unbounded
+  int window_right;  // -1: unbounded (non-causal kernels only; causal kernels use 0)
+  float softcap_pre;  // kSoftcap kernels: 2*log2(e)*softmax_scale/softcap (> 0)
+  int q_ragged;  // tm_q / tm_o are 5-D ragged maps (varlen)
+  int k_ragged;  // tm_k / tm_v are 5-D ragged maps (varlen or seqused_k)
   int heads_q;
   int group;           // Hq / Hkv
   int num_m_blocks;    // ceil(Sq / kBlockM)
   int num_hb;          // Hq * B
   int heads_per_section;  // causal tile order: (b,h) pairs per L2 section
   int num_tiles;       // num_m_blocks * num_hb (< 2^31, checked on the host)
-  float scale_log2;    // softmax_scale * log2(e), > 0
+  float scale_log2;    // exp2 multiplier, > 0: softmax_scale*log2(e), or softcap*log2(e)
 };
 
 template <int kHeadDim_, typename Elem_, bool kCausal_, int kStages_ = 2, bool kOverlap_ = true,
           bool kPingPong_ = true, int kRescaleThreshold_ = 0, int kExp2EmuEvery_ = 0,
-          int kConsumers_ = 2>
+          int kConsumers_ = 2, bool kSoftcap_ = false>
 struct FwdConfig {
   using Elem = Elem_;
+  static constexpr bool kSoftcap = kSoftcap_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
   static constexpr int kStages = kStages_;
@@ -173,12 +204,66 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
   return c;
 }
 
-// Number of K blocks tile m0 visits (causal rows see at most key m0+kBM-1+Sk-Sq).
+// One sequence's lengths and TMA coordinates (see "Sequences" above).
+struct SeqInfo {
+  int sq, sk;       // queries, keys (seqused_k applied)
+  int q_start;      // first packed row (varlen), else 0
+  int q_row, q_ext; // Q/O: row coordinate of position 0, 5th coordinate
+  int k_row, k_ext; // K/V: likewise
+  int qb, kb;       // batch coordinates (0 for varlen maps)
+};
+__device__ __forceinline__ SeqInfo seq_info(const FwdKernelArgs& a, int b) {
+  SeqInfo si;
+  si.sq = a.seqlen_q;
+  si.sk = a.seqlen_k;
+  si.q_start = 0;
+  si.q_row = si.q_ext = si.k_row = si.k_ext = 0;
+  si.qb = si.kb = b;
+  int k_start = 0;
+  if (a.cu_seqlens_q != nullptr) {
+    si.q_start = a.cu_seqlens_q[b];
+    // a max_seqlen below the real length drops the rows past it (never reads outside)
+    si.sq = max(0, min(a.cu_seqlens_q[b + 1] - si.q_start, a.seqlen_q));
+    k_start = a.cu_seqlens_k[b];
+    si.sk = max(0, min(a.cu_seqlens_k[b + 1] - k_start, a.seqlen_k));
+    si.q_row = a.seqlen_q - si.sq;
+    si.q_ext = si.q_start + si.sq;
+    si.qb = si.kb = 0;
+  }
+  if (a.seqused_k != nullptr) si.sk = max(0, min(si.sk, a.seqused_k[b]));
+  if (a.cu_seqlens_q != nullptr || a.seqused_k != nullptr) {
+    si.k_row = a.seqlen_k - si.sk;
+    si.k_ext = k_start + si.sk;
+  }
+  return si;
+}
+
+// K blocks [n_lo, n_hi) that tile rows [m0, m0 + kBM) visit, and the blocks
+// that need masking: n >= mask_hi (sk tail or right edge for the first row)
+// or n < mask_lo (left edge for the last row).
+struct BlockRange {
+  int n_lo, n_hi, mask_lo, mask_hi;
+};
 template <bool kCausal, int kBM, int kBN>
-__device__ __forceinline__ int tile_n_blocks(int m0, int Sq, int Sk) {
-  int n_end = Sk;
-  if constexpr (kCausal) n_end = min(Sk, m0 + kBM + Sk - Sq);
-  return n_end > 0 ? ceil_div_i(n_end, kBN) : 0;
+__device__ __forceinline__ BlockRange block_range(const FwdKernelArgs& a, int m0, int sq, int sk) {
+  const int off = sk - sq;
+  const int right = kCausal ? 0 : a.window_right;
+  const int left = a.window_left;
+  int end = sk, begin = 0, hi_first = sk, lo_last = 0;
+  if (right >= 0) {
+    end = min(end, m0 + kBM + off + right);  // last row sees keys <= m0+kBM-1+off+right
+    hi_first = min(hi_first, m0 + off + right + 1);
+  }
+  if (left >= 0) {
+    begin = max(0, m0 + off - left);
+    lo_last = m0 + kBM - 1 + off - left;
+  }
+  BlockRange r;
+  r.n_lo = begin / kBN;
+  r.n_hi = end > begin ? ceil_div_i(end, kBN) : r.n_lo;
+  r.mask_hi = max(hi_first, 0) / kBN;
+  r.mask_lo = lo_last > 0 ? ceil_div_i(lo_last, kBN) : 0;
+  return r;
 }
 
 template <class C>
@@ -218,9 +303,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     const int bid = static_cast<int>(blockIdx.x);
     return round * G + ((round & 1) ? (G - 1 - bid) : bid);
   };
-  const int Sq = args.seqlen_q;
-  const int Sk = args.seqlen_k;
-
   if (tid == 0) {
     mbar_init(q_full, 1);
     mbar_init(q_empty, 4 * C::kConsumers);
@@ -249,31 +331,49 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         if (t >= args.num_tiles) continue;
         const TileCoord tc = tile_coord<C::kCausal>(args, t);
         const int m0 = tc.m_block * kBM;
-        const int n_blocks = tile_n_blocks<C::kCausal, kBM, kBN>(m0, Sq, Sk);
-        if (n_blocks == 0) continue;
+        const SeqInfo si = seq_info(args, tc.b);
+        if (m0 >= si.sq) continue;  // varlen: past this sequence (the consumers skip it too)
+        const BlockRange br = block_range<C::kCausal, kBM, kBN>(args, m0, si.sq, si.sk);
+        const int n_blocks = br.n_hi - br.n_lo;
+        if (n_blocks <= 0) continue;
         const int h_kv = tc.h / args.group;
         mbar_wait(q_empty, (q_iter & 1) ^ 1);
         mbar_arrive_expect_tx(q_full, C::kQBytes);
 #pragma unroll
-        for (int p = 0; p < C::kPanels; ++p)
-          tma_load_4d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, m0, tc.h, tc.b);
+        for (int p = 0; p < C::kPanels; ++p) {
+          if (args.q_ragged)
+            tma_load_5d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, si.q_row + m0,
+                        tc.h, si.qb, si.q_ext);
+          else
+            tma_load_4d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, m0, tc.h, tc.b);
+        }
         ++q_iter;
         for (int it = 0; it < n_blocks; ++it, ++g) {
-          const int n = n_blocks - 1 - it;
+          const int n = br.n_hi - 1 - it;
           const int s = g % kS;
           const uint32_t ph = (g / kS) & 1;
           mbar_wait(&k_empty[s], ph ^ 1);
           mbar_arrive_expect_tx(&k_full[s], C::kKVBytes);
 #pragma unroll
-          for (int p = 0; p < C::kPanels; ++p)
-            tma_load_4d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
-                        p * 64, n * kBN, h_kv, tc.b);
+          for (int p = 0; p < C::kPanels; ++p) {
+            if (args.k_ragged)
+              tma_load_5d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
+                          p * 64, si.k_row + n * kBN, h_kv, si.kb, si.k_ext);
+            else
+              tma_load_4d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
+                          p * 64, n * kBN, h_kv, tc.b);
+          }
           mbar_wait(&v_empty[s], ph ^ 1);
           mbar_arrive_expect_tx(&v_full[s], C::kKVBytes);
 #pragma unroll
-          for (int p = 0; p < C::kPanels; ++p)
-            tma_load_4d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
-                        p * 64, n * kBN, h_kv, tc.b);
+          for (int p = 0; p < C::kPanels; ++p) {
+            if (args.k_ragged)
+              tma_load_5d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
+                          p * 64, si.k_row + n * kBN, h_kv, si.kb, si.k_ext);
+            else
+              tma_load_4d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
+                          p * 64, n * kBN, h_kv, tc.b);
+          }
         }
       }
     }
@@ -427,24 +527,36 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (t >= args.num_tiles) continue;
     const TileCoord tc = tile_coord<C::kCausal>(args, t);
     const int m0 = tc.m_block * kBM;
-    const int n_blocks = tile_n_blocks<C::kCausal, kBM, kBN>(m0, Sq, Sk);
+    const SeqInfo si = seq_info(args, tc.b);
+    if (m0 >= si.sq) continue;  // varlen: past this sequence (the producer skips it too)
+    const BlockRange br = block_range<C::kCausal, kBM, kBN>(args, m0, si.sq, si.sk);
+    const int n_blocks = max(br.n_hi - br.n_lo, 0);
+    const int sk = si.sk;
+    const int diag0 = m0 + row_tile0 + si.sk - si.sq;  // i + sk - sq of this thread's first row
 
-    // -inf outside the visible range of block n (only blocks that need it).
-    auto mask_block = [&](int n) {
-      const bool tail = (n + 1) * kBN > Sk;
-      bool diag = false;
-      if constexpr (C::kCausal) diag = (n + 1) * kBN - 1 > m0 + Sk - Sq;
-      if (!(tail || diag)) return;
-      const int col0 = n * kBN + 2 * quad;
+    // Scores of block n: softcap, then -inf outside the visible range (only
+    // blocks that cross the sk tail or a window edge are masked).
+    auto score_mod = [&](int n) {
+      if constexpr (C::kSoftcap) {
+        const float pre = args.softcap_pre;
+#pragma unroll
+        for (int i = 0; i < kNS; ++i) s_acc[i] = softcap_tanh(s_acc[i], pre);
+      }
+      if (n < br.mask_hi && n >= br.mask_lo) return;
+      const int right = C::kCausal ? 0 : args.window_right;
+      const int left = args.window_left;
+      const int j0 = n * kBN + 2 * quad;  // key of element (c = 0, e = 0)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        int limit = Sk;
-        if constexpr (C::kCausal) limit = min(Sk, m0 + row_tile0 + 8 * hh + Sk - Sq + 1);
+        // visible columns (relative to j0): [lo, hi)
+        int hi = sk - j0;
+        if (right >= 0) hi = min(hi, diag0 + 8 * hh + right + 1 - j0);
+        const int lo = left >= 0 ? diag0 + 8 * hh - left - j0 : -kBN;
 #pragma unroll
         for (int c = 0; c < kNS / 4; ++c)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
-            if (col0 + 8 * c + e >= limit) s_acc[4 * c + 2 * hh + e] = -INFINITY;
+            if (8 * c + e >= hi || 8 * c + e < lo) s_acc[4 * c + 2 * hh + e] = -INFINITY;
       }
     };
 
@@ -469,7 +581,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           reg_fence_array(s_acc);
           release(&k_empty[s]);
           if (n_blocks == 1) release(q_empty);
-          mask_block(n_blocks - 1);
+          score_mod(br.n_hi - 1);
           float scale[2];
           softmax_step(scale);  // O is zero: no rescale needed
           convert_p();
@@ -477,7 +589,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         bool pend_need = false;  // rescale of O owed before the next P.V
         float pend_scale[2] = {1.f, 1.f};
         for (int it = 1; it < n_blocks; ++it) {
-          const int n = n_blocks - 1 - it;
+          const int n = br.n_hi - 1 - it;
           const int gc = g + it;
           const int s = gc % kS;
           const uint32_t ph = (gc / kS) & 1;
@@ -494,7 +606,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           reg_fence_array(s_acc);
           release(&k_empty[s]);
           if (it == n_blocks - 1) release(q_empty);
-          mask_block(n);
+          score_mod(n);
           pend_need = softmax_step(pend_scale);
           // Scheduling pin: ptxas otherwise sinks the exponentials below the
           // wait (serialising softmax and P.V within the warpgroup). A
@@ -520,7 +632,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         release(&v_empty[sl]);
       } else {
         for (int it = 0; it < n_blocks; ++it) {
-          const int n = n_blocks - 1 - it;
+          const int n = br.n_hi - 1 - it;
           const int gc = g + it;
           const int s = gc % kS;
           const uint32_t ph = (gc / kS) & 1;
@@ -532,7 +644,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           reg_fence_array(s_acc);
           release(&k_empty[s]);
           if (it == n_blocks - 1) release(q_empty);
-          mask_block(n);
+          score_mod(n);
           float scale[2];
           if (softmax_step(scale)) rescale_o(scale);
           convert_p();
@@ -555,6 +667,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     asm volatile("" : "+r"(t_epi));
     const TileCoord te = tile_coord<C::kCausal>(args, t_epi);
     const int m0e = te.m_block * kBM;
+    const SeqInfo se = seq_info(args, te.b);
     float inv[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
@@ -562,11 +675,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       inv[hh] = l > 0.f ? 1.f / l : 0.f;
       if (args.lse != nullptr && quad == 0) {
         const int row = m0e + row_tile0 + 8 * hh;
-        if (row < Sq) {
+        if (row < se.sq) {
           const float lse =
               l > 0.f ? (m_ref[hh] * c_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
           args.lse[static_cast<int64_t>(te.b) * args.lse_batch_stride +
-                   static_cast<int64_t>(te.h) * args.lse_head_stride + row] = lse;
+                   static_cast<int64_t>(te.h) * args.lse_head_stride + se.q_start + row] = lse;
         }
       }
     }
@@ -594,9 +707,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     named_bar_sync(kBarEpi0 + cw, 128);
     if (wthr == 0) {
 #pragma unroll
-      for (int p = 0; p < C::kPanels; ++p)
-        tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, m0e + cw * 64, te.h,
-                     te.b);
+      for (int p = 0; p < C::kPanels; ++p) {
+        if (args.q_ragged)
+          tma_store_5d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64,
+                       se.q_row + m0e + cw * 64, te.h, se.qb, se.q_ext);
+        else
+          tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, m0e + cw * 64, te.h,
+                       te.b);
+      }
       tma_store_commit();
     }
   }

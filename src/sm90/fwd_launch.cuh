@@ -3,6 +3,7 @@
 // files (fwd_sm90_hdim*.cu) define.
 #pragma once
 #include <cuda_runtime.h>
+#include "common/params.hpp"
 #include "sm90/fwd_kernel.cuh"
 
 namespace flash4 {
@@ -28,13 +29,13 @@ cudaError_t launch_fwd(const FwdKernelArgs& args, const FwdLaunch& l, cudaStream
   return cudaLaunchKernelEx(&cfg, kernel, args);
 }
 
-// What the library ships, per (head dim, dtype, causal, consumer count):
-// intra-warpgroup overlap + ping-pong, exact rescale skipping (threshold 0),
-// MUFU exp2, 2 K/V stages.
-template <int kD, typename T, bool kCausal, int kConsumers>
+// What the library ships, per (head dim, dtype, causal, consumer count,
+// softcap): intra-warpgroup overlap + ping-pong, exact rescale skipping
+// (threshold 0), MUFU exp2, 2 K/V stages.
+template <int kD, typename T, bool kCausal, int kConsumers, bool kSoftcap = false>
 using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
                                    /*pingpong*/ true, /*rescale threshold*/ 0,
-                                   /*exp2 emulation*/ 0, kConsumers>;
+                                   /*exp2 emulation*/ 0, kConsumers, kSoftcap>;
 
 // Per-call choice (measured on H100, bf16, B*S = 16k, see the sm90 notes):
 //   consumers: head dim 64 uses 3 consumer warpgroups (192-row tiles), except
@@ -90,36 +91,52 @@ inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int se
   return l;
 }
 
-template <int kD, typename T, bool kCausal>
+template <int kD, typename T, bool kCausal, bool kSoftcap>
 cudaError_t launch_fwd_shipped_t(const FwdKernelArgs& args, const FwdLaunch& l, int consumers,
                                  cudaStream_t stream) {
   if constexpr (kD == 64) {
-    if (consumers == 3) return launch_fwd<ShippedFwdConfig<64, T, kCausal, 3>>(args, l, stream);
+    if (consumers == 3)
+      return launch_fwd<ShippedFwdConfig<64, T, kCausal, 3, kSoftcap>>(args, l, stream);
     if constexpr (kCausal) {
-      if (consumers == 2) return launch_fwd<ShippedFwdConfig<64, T, true, 2>>(args, l, stream);
+      if (consumers == 2)
+        return launch_fwd<ShippedFwdConfig<64, T, true, 2, kSoftcap>>(args, l, stream);
     }
   } else {
-    if (consumers == 2) return launch_fwd<ShippedFwdConfig<kD, T, kCausal, 2>>(args, l, stream);
+    if (consumers == 2)
+      return launch_fwd<ShippedFwdConfig<kD, T, kCausal, 2, kSoftcap>>(args, l, stream);
   }
   return cudaErrorInvalidValue;  // a choice choose_fwd never makes
 }
 
-template <int kD>
-cudaError_t launch_fwd_shipped(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
-                               int consumers, cudaStream_t stream) {
-  if (bf16) {
-    return causal ? launch_fwd_shipped_t<kD, __nv_bfloat16, true>(args, l, consumers, stream)
-                  : launch_fwd_shipped_t<kD, __nv_bfloat16, false>(args, l, consumers, stream);
-  }
-  return causal ? launch_fwd_shipped_t<kD, __half, true>(args, l, consumers, stream)
-                : launch_fwd_shipped_t<kD, __half, false>(args, l, consumers, stream);
+template <int kD, typename T>
+cudaError_t launch_fwd_shipped_tt(const FwdKernelArgs& args, const FwdLaunch& l, bool causal,
+                                  bool softcap, int consumers, cudaStream_t stream) {
+  if (softcap)
+    return causal ? launch_fwd_shipped_t<kD, T, true, true>(args, l, consumers, stream)
+                  : launch_fwd_shipped_t<kD, T, false, true>(args, l, consumers, stream);
+  return causal ? launch_fwd_shipped_t<kD, T, true, false>(args, l, consumers, stream)
+                : launch_fwd_shipped_t<kD, T, false, false>(args, l, consumers, stream);
 }
+
+template <int kD>
+cudaError_t launch_fwd_shipped(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16,
+                               bool causal, bool softcap, int consumers, cudaStream_t stream) {
+  return bf16 ? launch_fwd_shipped_tt<kD, __nv_bfloat16>(args, l, causal, softcap, consumers,
+                                                         stream)
+              : launch_fwd_shipped_tt<kD, __half>(args, l, causal, softcap, consumers, stream);
+}
+
+// Defined in fwd_sm90.cu: tensor maps and kernel arguments for a call that
+// sm90_fwd_supported accepted, for tiles of block_m query rows (the library
+// path and the dev driver build their arguments the same way).
+cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
+                        FwdLaunch* launch);
 
 // Defined in fwd_sm90_hdim64.cu / fwd_sm90_hdim128.cu.
 cudaError_t fwd_run_hdim64(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
-                           int consumers, cudaStream_t stream);
+                           bool softcap, int consumers, cudaStream_t stream);
 cudaError_t fwd_run_hdim128(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
-                            int consumers, cudaStream_t stream);
+                            bool softcap, int consumers, cudaStream_t stream);
 
 }  // namespace sm90
 }  // namespace flash4

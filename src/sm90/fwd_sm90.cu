@@ -5,15 +5,26 @@
 // Coverage (everything else is answered "not supported" with the reason, so
 // dispatch falls back to the portable path):
 //   compute capability 9.0 (sm_90a code), fp16/bf16, head dim 64 or 128,
-//   batched layout with any 16-byte-multiple strides and 16-byte aligned
-//   pointers, any Sq/Sk >= 0, GQA/MQA, causal (bottom-right aligned) or no
-//   mask, softmax_scale > 0, LSE optional, exp2_emulation 0/-1 (MUFU exp2).
-// Not covered yet: varlen (cu_seqlens), seqused_k, sliding window, softcap,
-//   other head dims.
+//   batched or varlen (cu_seqlens) layout with 16-byte-multiple strides and
+//   16-byte aligned pointers, seqused_k, any Sq/Sk >= 0 (Sq + Sk < 2^30),
+//   GQA/MQA, causal (bottom-right aligned), local windows (left/right, with
+//   or without causal), softcap, softmax_scale > 0, LSE optional,
+//   exp2_emulation 0/-1 (MUFU exp2).
+// Not covered: other head dims.
+//
+// Tensor maps. Plain (batched, no seqused_k): 4-D {D, S, H, B}, byte strides
+// {row, head, batch}. Ragged (varlen tensors; K/V with seqused_k): 5-D
+// {D, L, H, B, E}, byte strides {row, head, batch, row}, L = max length,
+// B = 1 for varlen, E = 2^31, base = the tensor minus L rows; the kernel addresses
+// position pos of a sequence (start, len) with row coordinate L - len + pos
+// and 5th coordinate start + len, so the row read is start + pos and rows
+// pos >= len fall outside dimension 1: TMA zero-fills them on loads and
+// drops them on stores (see fwd_kernel.cuh, "Sequences").
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -66,62 +77,89 @@ void tma_strides(const Dims4& t, uint64_t out[3]) {
   out[2] = static_cast<uint64_t>(bs);
 }
 
-bool check_tensor(const char* name, const void* ptr, const Dims4& t, std::string* why) {
+bool legal_stride(int64_t bytes) {
+  return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t(1) << 40);
+}
+
+// Ragged maps step rows through two dimensions and start L rows before the
+// tensor: the real row stride is always used, and the shifted base must not
+// wrap below address 0.
+bool check_tensor(const char* name, const void* ptr, const Dims4& t, bool ragged,
+                  std::string* why) {
   if (!aligned16(ptr)) {
     if (why) *why = std::string("sm90 forward needs 16-byte aligned ") + name + " (TMA)";
     return false;
   }
   uint64_t st[3];
   tma_strides(t, st);
-  const int64_t sizes[3] = {t.s, t.h, t.b};
+  if (ragged) st[0] = static_cast<uint64_t>(t.row_stride * 2);
+  const int64_t sizes[3] = {ragged ? int64_t(2) : t.s, t.h, t.b};
   const char* dim_names[3] = {"row", "head", "batch"};
   for (int i = 0; i < 3; ++i) {
-    const int64_t v = static_cast<int64_t>(st[i]);
-    if (sizes[i] > 1 && (v <= 0 || v % 16 != 0 || v >= (int64_t(1) << 40))) {
+    if (sizes[i] > 1 && !legal_stride(static_cast<int64_t>(st[i]))) {
       if (why)
         *why = std::string("sm90 forward needs ") + name + " " + dim_names[i] +
                " stride in bytes positive, a multiple of 16 and below 2^40 (TMA)";
       return false;
     }
   }
+  if (ragged) {
+    const uint64_t shift = static_cast<uint64_t>(t.s > 0 ? t.s : 1) * st[0];
+    if (reinterpret_cast<uintptr_t>(ptr) < shift) {
+      if (why)
+        *why = std::string("sm90 forward (varlen / seqused_k) needs the address of ") + name +
+               " to be at least max_seqlen rows (it addresses rows from L rows before it)";
+      return false;
+    }
+  }
   return true;
 }
 
-bool encode_map(CUtensorMap* map, const void* ptr, bool bf16, const Dims4& t, uint32_t box_rows) {
+bool encode_map(CUtensorMap* map, const void* ptr, bool bf16, const Dims4& t, bool ragged,
+                uint32_t box_rows) {
   auto enc = tensor_map_encoder();
   if (enc == nullptr) return false;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.d),
-                              static_cast<cuuint64_t>(t.s > 0 ? t.s : 1),
-                              static_cast<cuuint64_t>(t.h), static_cast<cuuint64_t>(t.b)};
+  const uint64_t L = static_cast<uint64_t>(t.s > 0 ? t.s : 1);
   uint64_t st[3];
   tma_strides(t, st);
-  const cuuint64_t strides[3] = {st[0], st[1], st[2]};
-  const cuuint32_t box[4] = {64u, box_rows, 1u, 1u};
-  const cuuint32_t estr[4] = {1u, 1u, 1u, 1u};
+  if (ragged) st[0] = static_cast<uint64_t>(t.row_stride * 2);
+  const cuuint64_t dims[5] = {static_cast<cuuint64_t>(t.d), static_cast<cuuint64_t>(L),
+                              static_cast<cuuint64_t>(t.h), static_cast<cuuint64_t>(t.b),
+                              cuuint64_t(1) << 31};
+  const cuuint64_t strides[4] = {st[0], st[1], st[2], st[0]};
+  const cuuint32_t box[5] = {64u, box_rows, 1u, 1u, 1u};
+  const cuuint32_t estr[5] = {1u, 1u, 1u, 1u, 1u};
+  const char* base = static_cast<const char*>(ptr);
+  if (ragged) base = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(ptr) - L * st[0]);
   const CUresult r =
-      enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
-          const_cast<void*>(ptr), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+          ragged ? 5u : 4u,
+          const_cast<char*>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
 }
 
+// Varlen tensors are (total, H, D): one "batch" entry in the maps.
+int map_batch(const FwdParams& p) { return p.cu_seqlens_q != nullptr ? 1 : p.batch; }
 Dims4 q_dims(const FwdParams& p) {
-  return {p.headdim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride, p.q_head_stride,
+  return {p.headdim, p.seqlen_q, p.heads_q, map_batch(p), p.q_row_stride, p.q_head_stride,
           p.q_batch_stride};
 }
 Dims4 k_dims(const FwdParams& p) {
-  return {p.headdim, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride, p.k_head_stride,
+  return {p.headdim, p.seqlen_k, p.heads_kv, map_batch(p), p.k_row_stride, p.k_head_stride,
           p.k_batch_stride};
 }
 Dims4 v_dims(const FwdParams& p) {
-  return {p.headdim, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride, p.v_head_stride,
+  return {p.headdim, p.seqlen_k, p.heads_kv, map_batch(p), p.v_row_stride, p.v_head_stride,
           p.v_batch_stride};
 }
 Dims4 o_dims(const FwdParams& p) {
-  return {p.headdim, p.seqlen_q, p.heads_q, p.batch, p.o_row_stride, p.o_head_stride,
+  return {p.headdim, p.seqlen_q, p.heads_q, map_batch(p), p.o_row_stride, p.o_head_stride,
           p.o_batch_stride};
 }
+bool q_ragged(const FwdParams& p) { return p.cu_seqlens_q != nullptr; }
+bool k_ragged(const FwdParams& p) { return p.cu_seqlens_k != nullptr || p.seqused_k != nullptr; }
 
 }  // namespace
 
@@ -138,50 +176,85 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
   if (p.headdim != 64 && p.headdim != 128)
     return no("sm90 forward has no kernel for head dim " + std::to_string(p.headdim) +
               " (instantiated: 64, 128)");
-  if (p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr)
-    return no("sm90 forward does not support varlen (cu_seqlens) yet");
-  if (p.seqused_k != nullptr) return no("sm90 forward does not support seqused_k yet");
-  if (p.softcap != 0.f) return no("sm90 forward does not support softcap yet");
-  if (p.window_left >= 0 || (p.window_right >= 0 && !(p.is_causal && p.window_right == 0)))
-    return no("sm90 forward does not support local (sliding window) attention yet");
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
+    return no("sm90 forward needs both cu_seqlens_q and cu_seqlens_k for varlen");
   if (p.exp2_emulation > 0)
     return no("sm90 forward does not ship exp2 emulation (a kernel option, measured slower on "
               "H100); exp2_emulation must be 0 or -1");
-  if (!(p.softmax_scale > 0.f) || !(p.softmax_scale_log2 > 0.f))
-    return no("sm90 forward needs softmax_scale > 0 (the row max is taken on unscaled scores)");
+  if (!(p.softcap >= 0.f) || !std::isfinite(p.softcap))
+    return no("sm90 forward needs a finite softcap >= 0");
+  if (!(p.softmax_scale > 0.f) || !(p.softmax_scale_log2 > 0.f) ||
+      !std::isfinite(p.softmax_scale))
+    return no("sm90 forward needs a finite softmax_scale > 0 (the row max is taken on unscaled "
+              "scores)");
+  if (p.window_left < -1 || p.window_right < -1) return no("window bounds must be >= -1");
+  if (p.is_causal && p.window_right != 0)
+    return no("sm90 forward: causal means window_right == 0");
   if (p.batch < 0) return no("negative batch");
   if (p.heads_q < 1) return no("sm90 forward needs heads_q >= 1");
   if (p.heads_kv < 1 || p.heads_q % p.heads_kv != 0)
     return no("sm90 forward needs heads_q to be a multiple of heads_kv");
   if (p.seqlen_q < 0 || p.seqlen_k < 0) return no("negative sequence length");
+  if (int64_t(p.seqlen_q) + p.seqlen_k >= (int64_t(1) << 30))
+    return no("sm90 forward supports seqlen_q + seqlen_k < 2^30 (32-bit mask arithmetic)");
   if (static_cast<int64_t>((p.seqlen_q + 63) / 64) * p.heads_q * p.batch >
       (int64_t(1) << 31) - 1)
     return no("sm90 forward supports at most 2^31-1 output tiles");
-  if (!check_tensor("q", p.q, q_dims(p), why)) return false;
-  if (!check_tensor("k", p.k, k_dims(p), why)) return false;
-  if (!check_tensor("v", p.v, v_dims(p), why)) return false;
-  if (!check_tensor("out", p.out, o_dims(p), why)) return false;
+  if (!check_tensor("q", p.q, q_dims(p), q_ragged(p), why)) return false;
+  if (!check_tensor("k", p.k, k_dims(p), k_ragged(p), why)) return false;
+  if (!check_tensor("v", p.v, v_dims(p), k_ragged(p), why)) return false;
+  if (!check_tensor("out", p.out, o_dims(p), q_ragged(p), why)) return false;
   if (tensor_map_encoder() == nullptr)
     return no("sm90 forward needs cuTensorMapEncodeTiled from the driver (not found)");
+  if (q_ragged(p) || k_ragged(p)) {
+    // The ragged maps (5-D, shifted base) are encoded once here, so that a
+    // driver that rejects them sends the call to the portable path instead of
+    // failing it.
+    CUtensorMap probe;
+    const bool bf16 = p.dtype == DType::kBf16;
+    if ((q_ragged(p) && (!encode_map(&probe, p.q, bf16, q_dims(p), true, 64) ||
+                         !encode_map(&probe, p.out, bf16, o_dims(p), true, 64))) ||
+        (k_ragged(p) && (!encode_map(&probe, p.k, bf16, k_dims(p), true, kSm90BlockN) ||
+                         !encode_map(&probe, p.v, bf16, v_dims(p), true, kSm90BlockN))))
+      return no("sm90 forward: the driver rejected the varlen / seqused_k tensor maps");
+  }
   if (why) *why = "sm90 forward (TMA + wgmma, warp-specialised)";
   return true;
 }
 
-cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
-  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return cudaSuccess;  // nothing to write
+namespace sm90 {
+
+cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
+                        FwdLaunch* launch) {
   const bool bf16 = p.dtype == DType::kBf16;
-  sm90::FwdKernelArgs args;
-  const sm90::FwdChoice choice = sm90::choose_fwd(p.headdim, p.is_causal, p.seqlen_k);
-  const int block_m = 64 * choice.consumers;  // query rows per tile
-  if (!encode_map(&args.tm_q, p.q, bf16, q_dims(p), static_cast<uint32_t>(block_m)) ||
-      !encode_map(&args.tm_k, p.k, bf16, k_dims(p), kSm90BlockN) ||
-      !encode_map(&args.tm_v, p.v, bf16, v_dims(p), kSm90BlockN) ||
-      !encode_map(&args.tm_o, p.out, bf16, o_dims(p), 64))
+  FwdKernelArgs& a = *args;
+  a = FwdKernelArgs{};
+  if (!encode_map(&a.tm_q, p.q, bf16, q_dims(p), q_ragged(p), static_cast<uint32_t>(block_m)) ||
+      !encode_map(&a.tm_k, p.k, bf16, k_dims(p), k_ragged(p), kSm90BlockN) ||
+      !encode_map(&a.tm_v, p.v, bf16, v_dims(p), k_ragged(p), kSm90BlockN) ||
+      !encode_map(&a.tm_o, p.out, bf16, o_dims(p), q_ragged(p), 64))
     return cudaErrorInvalidValue;
-  args.lse = p.lse;
-  args.lse_batch_stride = p.lse_batch_stride;
-  args.lse_head_stride = p.lse_head_stride;
-  args.scale_log2 = p.softmax_scale_log2;
+  a.lse = p.lse;
+  a.lse_batch_stride = p.lse_batch_stride;
+  a.lse_head_stride = p.lse_head_stride;
+  a.cu_seqlens_q = p.cu_seqlens_q;
+  a.cu_seqlens_k = p.cu_seqlens_k;
+  a.seqused_k = p.seqused_k;
+  a.q_ragged = q_ragged(p) ? 1 : 0;
+  a.k_ragged = k_ragged(p) ? 1 : 0;
+  // Windows at least as wide as the sequences are no windows: left >= Sk
+  // (max) or right >= Sq (max) bound nothing (and this keeps the kernel's
+  // 32-bit mask arithmetic small).
+  a.window_left = p.window_left >= p.seqlen_k ? -1 : p.window_left;
+  a.window_right = p.is_causal ? 0 : (p.window_right >= p.seqlen_q ? -1 : p.window_right);
+  if (p.softcap > 0.f) {
+    constexpr double kLog2e = 1.4426950408889634;
+    a.softcap_pre = static_cast<float>(2.0 * kLog2e * double(p.softmax_scale) / double(p.softcap));
+    a.scale_log2 = static_cast<float>(double(p.softcap) * kLog2e);
+  } else {
+    a.softcap_pre = 0.f;
+    a.scale_log2 = p.softmax_scale_log2;
+  }
   int num_sms = p.num_sms;
   if (num_sms <= 0) {
     int dev = 0;
@@ -189,12 +262,28 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
   }
-  const sm90::FwdLaunch l =
-      sm90::plan_fwd_tiles(&args, block_m, p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv,
-                           p.headdim, num_sms, choice.persistent);
+  *launch = plan_fwd_tiles(&a, block_m, p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv,
+                           p.headdim, num_sms, persistent);
+  return cudaSuccess;
+}
+
+}  // namespace sm90
+
+cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return cudaSuccess;  // nothing to write
+  const bool bf16 = p.dtype == DType::kBf16;
+  const sm90::FwdChoice choice = sm90::choose_fwd(p.headdim, p.is_causal, p.seqlen_k);
+  const int block_m = 64 * choice.consumers;  // query rows per tile
+  sm90::FwdKernelArgs args;
+  sm90::FwdLaunch l;
+  const cudaError_t e = sm90::fwd_prepare(p, block_m, choice.persistent, &args, &l);
+  if (e != cudaSuccess) return e;
+  const bool softcap = p.softcap > 0.f;
   switch (p.headdim) {
-    case 64: return sm90::fwd_run_hdim64(args, l, bf16, p.is_causal, choice.consumers, stream);
-    case 128: return sm90::fwd_run_hdim128(args, l, bf16, p.is_causal, choice.consumers, stream);
+    case 64:
+      return sm90::fwd_run_hdim64(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);
+    case 128:
+      return sm90::fwd_run_hdim128(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);
     default: return cudaErrorNotSupported;
   }
 }

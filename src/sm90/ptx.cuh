@@ -306,6 +306,19 @@ __device__ __forceinline__ void tma_store_4d(const void* tmap, const void* smem_
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tmap, coords,
                                   smem_src);
 }
+// 5-D forms (the forward's tensor maps: {D, rows, heads, batch, ext}, see fwd_sm90.cu).
+__device__ __forceinline__ void tma_load_5d(void* smem_dst, const void* tmap, uint64_t* bar, int c0,
+                                            int c1, int c2, int c3, int c4) {
+  const int32_t coords[5] = {c0, c1, c2, c3, c4};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem_dst, tmap,
+                                  coords, bar);
+}
+__device__ __forceinline__ void tma_store_5d(const void* tmap, const void* smem_src, int c0, int c1,
+                                             int c2, int c3, int c4) {
+  const int32_t coords[5] = {c0, c1, c2, c3, c4};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tmap, coords,
+                                  smem_src);
+}
 __device__ __forceinline__ void tma_store_commit() { cuda::ptx::cp_async_bulk_commit_group(); }
 __device__ __forceinline__ void tma_store_wait_read_all() {
   cuda::ptx::cp_async_bulk_wait_group_read(cuda::ptx::n32_t<0>{});
@@ -334,6 +347,21 @@ __device__ __forceinline__ float ex2_approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// tanh(s * pre / (2 log2 e)) for softcap (pre = 2*log2(e)*scale/cap > 0):
+// one MUFU.EX2 and ~10 FMA-pipe operations (no MUFU.RCP, so softcap adds one
+// MUFU op per score, not two). e = 2^(-|s|*pre) = exp(-2|x|) in (0, 1];
+// r = 1/(1 + e) from a quadratic seed in e (relative error <= 0.0102) and two
+// Newton steps; tanh|x| = (1 - e)/(1 + e) = 2r - 1, absolute error ~3e-7;
+// the sign is that of s. |s| = inf gives +-1.
+__device__ __forceinline__ float softcap_tanh(float s, float pre) {
+  const float e = ex2_approx(fabsf(s) * -pre);
+  const float y = 1.0f + e;
+  float r = fmaf(fmaf(0.32322367f, e, -0.80805977f), e, 0.9898907f);
+  r = fmaf(r, fmaf(-y, r, 1.0f), r);
+  r = fmaf(r, fmaf(-y, r, 1.0f), r);
+  return copysignf(fmaf(2.0f, r, -1.0f), s);
 }
 
 // exp2 on the FMA/ALU pipes (FA4's software exp2, own coefficients): split

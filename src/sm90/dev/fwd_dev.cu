@@ -57,61 +57,13 @@ static const VariantInfo kVariants[] = {
 constexpr int kNumVariants = sizeof(kVariants) / sizeof(kVariants[0]);
 static bool variant_persistent(int v) { return v != 1 && v != 2 && v != 7; }
 
-#include <cudaTypedefs.h>
-static PFN_cuTensorMapEncodeTiled_v12000 dev_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-  if (!fn) {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q));
-    if (q != cudaDriverEntryPointSuccess) {
-      std::fprintf(stderr, "no cuTensorMapEncodeTiled\n");
-      std::exit(2);
-    }
-    fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }
-  return fn;
-}
-static void dev_map(CUtensorMap* m, const void* ptr, bool bf16, int64_t D, int64_t S, int64_t H,
-                    int64_t B, int64_t rs, int64_t hs, int64_t bs, uint32_t box_rows) {
-  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)std::max<int64_t>(S, 1), (cuuint64_t)H,
-                              (cuuint64_t)B};
-  int64_t r = S > 1 ? rs * 2 : ((D * 2 + 15) / 16) * 16;
-  int64_t h = H > 1 ? hs * 2 : r * S;
-  int64_t b = B > 1 ? bs * 2 : h * H;
-  const cuuint64_t strides[3] = {(cuuint64_t)r, (cuuint64_t)h, (cuuint64_t)b};
-  const cuuint32_t box[4] = {64u, box_rows, 1u, 1u};
-  const cuuint32_t es[4] = {1u, 1u, 1u, 1u};
-  CUresult res = dev_encoder()(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                               4, const_cast<void*>(ptr), dims, strides, box, es,
-                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (res != CUDA_SUCCESS) {
-    std::fprintf(stderr, "tensor map encode failed (%d)\n", (int)res);
-    std::exit(2);
-  }
-}
-
-// Builds the kernel arguments for configuration C (same steps as sm90_fwd_run).
+// Builds the kernel arguments for configuration C the library's way (fwd_prepare).
 template <class C>
 static cudaError_t run_cfg(const FwdParams& p, bool persistent, cudaStream_t st) {
-  const bool bf16 = p.dtype == DType::kBf16;
   sm90::FwdKernelArgs a;
-  dev_map(&a.tm_q, p.q, bf16, p.headdim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
-          p.q_head_stride, p.q_batch_stride, C::kBlockM);
-  dev_map(&a.tm_k, p.k, bf16, p.headdim, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
-          p.k_head_stride, p.k_batch_stride, C::kBlockN);
-  dev_map(&a.tm_v, p.v, bf16, p.headdim, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
-          p.v_head_stride, p.v_batch_stride, C::kBlockN);
-  dev_map(&a.tm_o, p.out, bf16, p.headdim, p.seqlen_q, p.heads_q, p.batch, p.o_row_stride,
-          p.o_head_stride, p.o_batch_stride, 64);
-  a.lse = p.lse;
-  a.lse_batch_stride = p.lse_batch_stride;
-  a.lse_head_stride = p.lse_head_stride;
-  a.scale_log2 = p.softmax_scale_log2;
-  const sm90::FwdLaunch l =
-      sm90::plan_fwd_tiles(&a, C::kBlockM, p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv,
-                           p.headdim, p.num_sms, persistent);
+  sm90::FwdLaunch l;
+  const cudaError_t e = sm90::fwd_prepare(p, C::kBlockM, persistent, &a, &l);
+  if (e != cudaSuccess) return e;
   return sm90::launch_fwd<C>(a, l, st);
 }
 
