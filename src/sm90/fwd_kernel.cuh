@@ -17,10 +17,24 @@
 //            expects) and out through a TMA store, which clips the row tail;
 //            the store drains while the next tile runs. LSE is stored directly.
 //
+// Tiles: kBlockM = 64 * kConsumers query rows; kBlockN = 128 keys per K/V
+// block (head dims 64, 128) or 80 (head dim 256: S 64x80 and O 64x256 take
+// 40 + 128 accumulator registers of the 240, and Q (64 KB) + 2 K/V stages
+// (160 KB) fill shared memory, so O is staged over Q, see below).
+//
 // Pipelines (mbarriers, explicit phase parity):
 //   q_full  count 1 + tx bytes; q_empty count 4*kConsumers (every consumer
 //           warp, after its last Q K^T of the tile). Tile j with work uses
 //           parity j & 1.
+//   O over Q (kAliasO, head dim 256): consumer c stages its O in its own 64
+//           rows of the Q buffer (only its own Q K^T reads them, and the
+//           wgmma.wait_group before the epilogue has retired those reads).
+//           q_empty is then released only after the tile's O store has read
+//           the buffer (cp.async.bulk.wait_group.read), and every tile that
+//           the consumers visit (m0 < sq) takes a Q turn: a tile without work
+//           gets a plain q_full arrive from the producer instead of a load.
+//           So no Q load is ever in flight while O is staged. (The host
+//           launches one CTA per tile for head dim 256 anyway.)
 //   k/v_full  count 1 + tx bytes; k/v_empty count 4*kConsumers (after
 //           wgmma.wait).
 //   Global K/V iteration g uses stage g % kStages, parity (g / kStages) & 1.
@@ -34,6 +48,7 @@
 //              S(j) and P(j-1) V(j-1), so it overlaps the Q K^T wgmma.
 //   kPingPong  the consumer warpgroups take turns issuing their wgmmas
 //              (named barriers), so one's softmax overlaps another's MMAs.
+//              (Shipped on for head dims 64 and 128, off for 256, as FA3.)
 //   kExp2EmuEvery  FA4's software exp2 for a fraction of the exponentials,
 //              to offload the MUFU pipe. Measured slower here (d64 and
 //              d128, 1/4 and 1/8 emulated): off in the shipped configs.
@@ -132,7 +147,9 @@ struct FwdConfig {
   // dim 64: O + S + P = 128 registers fit the 160 that 3 consumers get).
   static constexpr int kConsumers = kConsumers_;
   static constexpr int kBlockM = 64 * kConsumers;
-  static constexpr int kBlockN = 128;
+  // Head dim 256: 80-key blocks (S 64x80 = 40 and O 64x256 = 128 accumulators
+  // per thread fit the 240 registers; Q + 2 K/V stages fit shared memory).
+  static constexpr int kBlockN = kHeadDim_ == 256 ? 80 : 128;
   static constexpr int kNumThreads = 128 * (kConsumers + 1);
   // Register split (multiple of 8, total <= 64K): 24/240 for 2 consumers, 32/160 for 3.
   static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32;
@@ -142,7 +159,8 @@ struct FwdConfig {
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
                 "register budget");
 
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "instantiated head dims: 64, 128, 256");
   static_assert(kStages >= 2, "at least two K/V stages");
 
   // A tile of R rows x kHeadDim is kPanels panels of R x 64 elements (128 B rows).
@@ -152,10 +170,16 @@ struct FwdConfig {
   static constexpr int kQBytes = kPanels * kPanelBytesM;
   static constexpr int kKVBytes = kPanels * kPanelBytesN;
 
+  // O staging aliased with Q (head dim 256: a separate 64 KB buffer does not
+  // fit). Consumer c stages its O over its own 64 Q rows, which only its own
+  // Q K^T reads; the Q of the next tile is loaded only after the O store has
+  // read the buffer (see "O over Q" in the header comment).
+  static constexpr bool kAliasO = kHeadDim_ == 256;
+
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffQ = 0;
-  static constexpr int kOffO = kOffQ + kQBytes;  // O staging, same shape as Q
-  static constexpr int kOffK = kOffO + kQBytes;
+  static constexpr int kOffO = kAliasO ? kOffQ : kOffQ + kQBytes;  // O staging, same shape as Q
+  static constexpr int kOffK = kOffQ + (kAliasO ? 1 : 2) * kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;
   // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
@@ -335,7 +359,16 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         if (m0 >= si.sq) continue;  // varlen: past this sequence (the consumers skip it too)
         const BlockRange br = block_range<C::kCausal, kBM, kBN>(args, m0, si.sq, si.sk);
         const int n_blocks = br.n_hi - br.n_lo;
-        if (n_blocks <= 0) continue;
+        if (n_blocks <= 0) {
+          if constexpr (C::kAliasO) {
+            // O over Q: the consumers still stage this tile's (zero) O in the
+            // Q buffer, so the tile takes its Q turn too, without a load.
+            mbar_wait(q_empty, (q_iter & 1) ^ 1);
+            mbar_arrive(q_full);
+            ++q_iter;
+          }
+          continue;
+        }
         const int h_kv = tc.h / args.group;
         mbar_wait(q_empty, (q_iter & 1) ^ 1);
         mbar_arrive_expect_tx(q_full, C::kQBytes);
@@ -432,7 +465,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off_q = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
       const uint32_t off_k = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
-      wgmma_ss<T, kBN>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
+      if constexpr (kBN == 80)
+        wgmma_ss_m64n80k16<T>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k),
+                              kk > 0);
+      else
+        wgmma_ss<T, kBN>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
     }
     wgmma_commit_group();
   };
@@ -442,12 +479,21 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     const uint64_t v_desc = make_sw128_desc(va, C::kPanelBytesN, 1024);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs_tb<T, kD>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      if constexpr (kD == 256)
+        wgmma_rs_m64n256k16_tb<T>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+      else
+        wgmma_rs_tb<T, kD>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+    }
     wgmma_commit_group();
   };
   auto release = [&](uint64_t* bar) {
     if (lane == 0) mbar_arrive(bar);
+  };
+  // Q is released after the tile's last Q K^T; with O over Q (kAliasO) only
+  // after the epilogue's O store has read the buffer (end of the tile loop).
+  auto release_q_after_qk = [&]() {
+    if constexpr (!C::kAliasO) release(q_empty);
   };
 
   // Online softmax on s_acc (in place: scores -> unnormalised probabilities).
@@ -565,9 +611,18 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     m_ref[0] = m_ref[1] = -INFINITY;
     l_row[0] = l_row[1] = 0.f;
 
-    if (n_blocks > 0) {
+    if constexpr (C::kAliasO) {
+      // O over Q: every tile takes a Q turn (the producer's, without a load
+      // when there is no work), so that no Q load is in flight while this
+      // tile's O is staged in the Q buffer.
       mbar_wait(q_full, q_iter & 1);
       ++q_iter;
+    }
+    if (n_blocks > 0) {
+      if constexpr (!C::kAliasO) {
+        mbar_wait(q_full, q_iter & 1);
+        ++q_iter;
+      }
       if constexpr (C::kOverlap) {
         // Prologue: block n_blocks-1.
         {
@@ -580,7 +635,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           wgmma_wait_group<0>();
           reg_fence_array(s_acc);
           release(&k_empty[s]);
-          if (n_blocks == 1) release(q_empty);
+          if (n_blocks == 1) release_q_after_qk();
           score_mod(br.n_hi - 1);
           float scale[2];
           softmax_step(scale);  // O is zero: no rescale needed
@@ -605,7 +660,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           wgmma_wait_group<1>();  // S(it) ready, P.V(it-1) may be in flight
           reg_fence_array(s_acc);
           release(&k_empty[s]);
-          if (it == n_blocks - 1) release(q_empty);
+          if (it == n_blocks - 1) release_q_after_qk();
           score_mod(n);
           pend_need = softmax_step(pend_scale);
           // Scheduling pin: ptxas otherwise sinks the exponentials below the
@@ -643,7 +698,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           wgmma_wait_group<0>();
           reg_fence_array(s_acc);
           release(&k_empty[s]);
-          if (it == n_blocks - 1) release(q_empty);
+          if (it == n_blocks - 1) release_q_after_qk();
           score_mod(n);
           float scale[2];
           if (softmax_step(scale)) rescale_o(scale);
@@ -716,6 +771,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                        te.b);
       }
       tma_store_commit();
+    }
+    if constexpr (C::kAliasO) {
+      // O over Q: this consumer's Q rows are free for the next tile's load
+      // once the store has read them.
+      if (wthr == 0) tma_store_wait_read_all();
+      named_bar_sync(kBarEpi0 + cw, 128);
+      release(q_empty);
     }
   }
   if constexpr (C::kPingPong) {

@@ -31,22 +31,29 @@ cudaError_t launch_fwd(const FwdKernelArgs& args, const FwdLaunch& l, cudaStream
 
 // What the library ships, per (head dim, dtype, causal, consumer count,
 // softcap): intra-warpgroup overlap + ping-pong, exact rescale skipping
-// (threshold 0), MUFU exp2, 2 K/V stages.
+// (threshold 0), MUFU exp2, 2 K/V stages. Head dim 256 (128x80 tiles, O
+// staged over Q) runs without ping-pong, as FA3 does there: its wgmmas are
+// long next to the softmax of a 64x80 block (not measured here).
 template <int kD, typename T, bool kCausal, int kConsumers, bool kSoftcap = false>
 using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
-                                   /*pingpong*/ true, /*rescale threshold*/ 0,
+                                   /*pingpong*/ kD != 256, /*rescale threshold*/ 0,
                                    /*exp2 emulation*/ 0, kConsumers, kSoftcap>;
+
+// K/V rows per block of the shipped configurations (the K/V maps' box rows).
+inline int fwd_block_n(int headdim) { return headdim == 256 ? 80 : 128; }
 
 // Per-call choice (measured on H100, bf16, B*S = 16k, see the sm90 notes):
 //   consumers: head dim 64 uses 3 consumer warpgroups (192-row tiles), except
 //     short causal (Sk <= 1024: 128-row tiles waste less on the diagonal);
-//     head dim 128 uses 2 (the register budget allows no more).
+//     head dim 128 and 256 use 2 (the register budget allows no more).
 //   persistent: one CTA per SM with a static snake order. Non-causal tiles
 //     cost the same, so it always wins (no relaunch per tile, epilogue
 //     overlapped). Causal d128 tiles vary in cost and from Sk ~2k a static
 //     split loses to the hardware's dynamic CTA scheduling (tiles are ordered
 //     heaviest first), so there one CTA per tile is launched; causal d64
 //     with 192-row tiles measured better persistent at every length.
+//     Head dim 256 stages O over Q, so a CTA cannot load the next tile's Q
+//     before the O store has drained: one CTA per tile (not measured).
 struct FwdChoice {
   int consumers = 2;
   bool persistent = true;
@@ -56,6 +63,9 @@ inline FwdChoice choose_fwd(int headdim, bool causal, int seqlen_k) {
   if (headdim == 64) {
     c.consumers = (causal && seqlen_k <= 1024) ? 2 : 3;
     c.persistent = true;
+  } else if (headdim == 256) {
+    c.consumers = 2;
+    c.persistent = false;
   } else {
     c.consumers = 2;
     c.persistent = !causal || seqlen_k <= 1024;
@@ -132,10 +142,12 @@ cudaError_t launch_fwd_shipped(const FwdKernelArgs& args, const FwdLaunch& l, bo
 cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
                         FwdLaunch* launch);
 
-// Defined in fwd_sm90_hdim64.cu / fwd_sm90_hdim128.cu.
+// Defined in fwd_sm90_hdim64.cu / fwd_sm90_hdim128.cu / fwd_sm90_hdim256.cu.
 cudaError_t fwd_run_hdim64(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
                            bool softcap, int consumers, cudaStream_t stream);
 cudaError_t fwd_run_hdim128(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
+                            bool softcap, int consumers, cudaStream_t stream);
+cudaError_t fwd_run_hdim256(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,
                             bool softcap, int consumers, cudaStream_t stream);
 
 }  // namespace sm90

@@ -4,13 +4,13 @@
 //
 // Coverage (everything else is answered "not supported" with the reason, so
 // dispatch falls back to the portable path):
-//   compute capability 9.0 (sm_90a code), fp16/bf16, head dim 64 or 128,
+//   compute capability 9.0 (sm_90a code), fp16/bf16, head dim 64, 128 or 256,
 //   batched or varlen (cu_seqlens) layout with 16-byte-multiple strides and
 //   16-byte aligned pointers, seqused_k, any Sq/Sk >= 0 (Sq + Sk < 2^30),
 //   GQA/MQA, causal (bottom-right aligned), local windows (left/right, with
 //   or without causal), softcap, softmax_scale > 0, LSE optional,
 //   exp2_emulation 0/-1 (MUFU exp2).
-// Not covered: other head dims.
+// Not covered: other head dims (the portable path runs them).
 //
 // Tensor maps. Plain (batched, no seqused_k): 4-D {D, S, H, B}, byte strides
 // {row, head, batch}. Ragged (varlen tensors; K/V with seqused_k): 5-D
@@ -36,11 +36,13 @@ namespace flash4 {
 
 namespace {
 
-constexpr int kSm90BlockN = 128;  // K/V rows per block (box rows of the K/V maps)
-static_assert(sm90::ShippedFwdConfig<64, __nv_bfloat16, false, 3>::kBlockN == kSm90BlockN &&
-                  sm90::ShippedFwdConfig<64, __nv_bfloat16, true, 2>::kBlockN == kSm90BlockN &&
-                  sm90::ShippedFwdConfig<128, __nv_bfloat16, false, 2>::kBlockN == kSm90BlockN,
-              "host tile sizes must match the kernel configuration");
+// K/V rows per block (box rows of the K/V maps): sm90::fwd_block_n(headdim).
+static_assert(sm90::ShippedFwdConfig<64, __nv_bfloat16, false, 3>::kBlockN == 128 &&
+                  sm90::ShippedFwdConfig<64, __nv_bfloat16, true, 2>::kBlockN == 128 &&
+                  sm90::ShippedFwdConfig<128, __nv_bfloat16, false, 2>::kBlockN == 128 &&
+                  sm90::ShippedFwdConfig<256, __nv_bfloat16, false, 2>::kBlockN == 80 &&
+                  sm90::ShippedFwdConfig<256, __half, true, 2, true>::kBlockN == 80,
+              "host tile sizes (fwd_block_n) must match the kernel configuration");
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
@@ -173,9 +175,9 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
               std::to_string(cc_major) + "." + std::to_string(cc_minor));
   if (p.dtype != DType::kBf16 && p.dtype != DType::kFp16)
     return no("sm90 forward supports fp16 and bf16 only");
-  if (p.headdim != 64 && p.headdim != 128)
+  if (p.headdim != 64 && p.headdim != 128 && p.headdim != 256)
     return no("sm90 forward has no kernel for head dim " + std::to_string(p.headdim) +
-              " (instantiated: 64, 128)");
+              " (instantiated: 64, 128, 256)");
   if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
     return no("sm90 forward needs both cu_seqlens_q and cu_seqlens_k for varlen");
   if (p.exp2_emulation > 0)
@@ -214,8 +216,9 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
     const bool bf16 = p.dtype == DType::kBf16;
     if ((q_ragged(p) && (!encode_map(&probe, p.q, bf16, q_dims(p), true, 64) ||
                          !encode_map(&probe, p.out, bf16, o_dims(p), true, 64))) ||
-        (k_ragged(p) && (!encode_map(&probe, p.k, bf16, k_dims(p), true, kSm90BlockN) ||
-                         !encode_map(&probe, p.v, bf16, v_dims(p), true, kSm90BlockN))))
+        (k_ragged(p) &&
+         (!encode_map(&probe, p.k, bf16, k_dims(p), true, sm90::fwd_block_n(p.headdim)) ||
+          !encode_map(&probe, p.v, bf16, v_dims(p), true, sm90::fwd_block_n(p.headdim)))))
       return no("sm90 forward: the driver rejected the varlen / seqused_k tensor maps");
   }
   if (why) *why = "sm90 forward (TMA + wgmma, warp-specialised)";
@@ -227,11 +230,12 @@ namespace sm90 {
 cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
                         FwdLaunch* launch) {
   const bool bf16 = p.dtype == DType::kBf16;
+  const uint32_t block_n = static_cast<uint32_t>(fwd_block_n(p.headdim));
   FwdKernelArgs& a = *args;
   a = FwdKernelArgs{};
   if (!encode_map(&a.tm_q, p.q, bf16, q_dims(p), q_ragged(p), static_cast<uint32_t>(block_m)) ||
-      !encode_map(&a.tm_k, p.k, bf16, k_dims(p), k_ragged(p), kSm90BlockN) ||
-      !encode_map(&a.tm_v, p.v, bf16, v_dims(p), k_ragged(p), kSm90BlockN) ||
+      !encode_map(&a.tm_k, p.k, bf16, k_dims(p), k_ragged(p), block_n) ||
+      !encode_map(&a.tm_v, p.v, bf16, v_dims(p), k_ragged(p), block_n) ||
       !encode_map(&a.tm_o, p.out, bf16, o_dims(p), q_ragged(p), 64))
     return cudaErrorInvalidValue;
   a.lse = p.lse;
@@ -284,6 +288,8 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
       return sm90::fwd_run_hdim64(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);
     case 128:
       return sm90::fwd_run_hdim128(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);
+    case 256:
+      return sm90::fwd_run_hdim256(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);
     default: return cudaErrorNotSupported;
   }
 }

@@ -6,7 +6,7 @@
 // Build (from the repo root):
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Iinclude -Isrc \
 //     -gencode=arch=compute_90a,code=sm_90a src/sm90/dev/fwd_dev.cu src/sm90/fwd_sm90.cu \
-//     src/sm90/fwd_sm90_hdim64.cu src/sm90/fwd_sm90_hdim128.cu -o fwd_dev
+//     src/sm90/fwd_sm90_hdim64.cu src/sm90/fwd_sm90_hdim128.cu src/sm90/fwd_sm90_hdim256.cu -o fwd_dev
 // Usage: fwd_dev [check|bench|all|small] [quick]  (all = check + bench; small = memcheck set)
 #include <cuda_runtime.h>
 

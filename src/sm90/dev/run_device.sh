@@ -8,16 +8,17 @@ F="-std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo -Iinclude -
 { nvidia-smi -L; nvcc --version | tail -1; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 ( nvcc $F -Xptxas -v -Xptxas=-warn-spills -c src/sm90/fwd_sm90_hdim128.cu -o $B/h128.o > $B/p128.txt 2>&1 ) &
+( nvcc $F -Xptxas -v -Xptxas=-warn-spills -c src/sm90/fwd_sm90_hdim256.cu -o $B/h256.o > $B/p256.txt 2>&1 ) &
 ( nvcc $F -Xptxas -v -Xptxas=-warn-spills -c src/sm90/fwd_sm90_hdim64.cu -o $B/h64.o > $B/p64.txt 2>&1 ) &
 ( nvcc $F -c src/sm90/fwd_sm90.cu -o $B/host.o > $B/phost.txt 2>&1 ) &
 ( nvcc $F -Xptxas=-warn-spills -c src/sm90/dev/fwd_dev.cu -o $B/dev.o > $B/pdev.txt 2>&1 ) &
-( for f in fwd_sm90 fwd_sm90_hdim64 fwd_sm90_hdim128 dev/capi; do
+( for f in fwd_sm90 fwd_sm90_hdim64 fwd_sm90_hdim128 fwd_sm90_hdim256 dev/capi; do
     nvcc $F -Xcompiler -fPIC -c src/sm90/$f.cu -o $B/so_$(basename $f).o || exit 1; done
   nvcc -shared -cudart shared $B/so_*.o -o $B/libsm90dev.so ) > $B/pso.txt 2>&1 &
 wait
-cat $B/p128.txt $B/p64.txt $B/phost.txt $B/pdev.txt > $OUT/ptxas.txt
+cat $B/p128.txt $B/p256.txt $B/p64.txt $B/phost.txt $B/pdev.txt > $OUT/ptxas.txt
 grep -i "warn\|error\|spill\|Used" $OUT/ptxas.txt | sort | uniq -c | head -20
-nvcc $F $B/dev.o $B/host.o $B/h64.o $B/h128.o -o $B/fwd_dev || { echo BUILD FAILED; cat $OUT/ptxas.txt | tail -40; exit 1; }
+nvcc $F $B/dev.o $B/host.o $B/h64.o $B/h128.o $B/h256.o -o $B/fwd_dev || { echo BUILD FAILED; cat $OUT/ptxas.txt | tail -40; exit 1; }
 for o in h64 h128; do
   cuobjdump --dump-sass $B/$o.o > $B/$o.sass
   echo "== SASS $o: HGMMA $(grep -c HGMMA $B/$o.sass) LDL/STL $(grep -c 'LDL\|STL' $B/$o.sass)" \
