@@ -19,6 +19,11 @@
 //   GpuBwdRepeat       same inputs twice: dk/dv bitwise equal, dq within fp32
 //                      reordering noise (see compare_runs)
 //   GpuBwdGraph        flash4_bwd captured in a CUDA graph replays
+//   GpuBwdDeterministic*  deterministic = 1: dq, dk, dv bitwise equal over
+//                      50 runs and over CUDA graph replays, accurate, the
+//                      default mode on the same inputs passes too (same dk /
+//                      dv bits where both walk the query blocks alike); the
+//                      workspace (GpuBwdDeterministicWorkspace runs without a GPU)
 //   GpuBwdUnsupported  options without a kernel: NOT_SUPPORTED with a reason,
 //                      nothing written; workspace errors
 //   GpuBwdHarness      the backward rule itself on the CPU (runs without a GPU)
@@ -390,6 +395,184 @@ TEST(GpuBwdGraph, CaptureAndReplay) {
   }
 }
 
+// ---- deterministic mode -------------------------------------------------------------
+// deterministic = 1 sums dq's fp32 partials in a fixed order of key blocks
+// (src/sm90/bwd_kernel.cuh), so every run gives the same bits (FlashAttention's
+// test: 50 runs). Shapes: GQA and MQA, causal with Sq < Sk and Sq > Sk (query
+// blocks no key reaches), odd lengths, and more CTAs than SMs.
+std::vector<Case> deterministic_cases() {
+  std::vector<Case> v;
+  auto add = [&](const std::string& name, int B, int sq, int sk, int hq, int hkv, int d, bool causal,
+                 flash4_dtype dt) {
+    Case c;
+    c.name = name;
+    Problem& p = c.p;
+    p.batch = B; p.seqlen_q = sq; p.seqlen_k = sk; p.heads_q = hq; p.heads_kv = hkv; p.headdim = d;
+    p.causal = causal; p.dtype = dt;
+    v.push_back(c);
+  };
+  add("bf16_d64_gqa_1023x1024", 2, 1023, 1024, 4, 2, 64, false, FLASH4_DTYPE_BF16);
+  add("fp16_d128_gqa_causal_777x1000", 2, 777, 1000, 4, 2, 128, true, FLASH4_DTYPE_FP16);
+  add("bf16_d64_mqa_causal_700x300", 1, 700, 300, 8, 1, 64, true, FLASH4_DTYPE_BF16);
+  add("bf16_d128_causal_1x1000", 2, 1, 1000, 2, 2, 128, true, FLASH4_DTYPE_BF16);
+  add("bf16_d128_gqa_2100x2100", 1, 2100, 2100, 4, 1, 128, false, FLASH4_DTYPE_BF16);
+  // 8 key blocks x 40 (b, h_kv) = 320 CTAs: more than the SMs of one GPU.
+  add("fp16_d64_gqa_causal_many_ctas", 4, 513, 1000, 20, 10, 64, true, FLASH4_DTYPE_FP16);
+  add("bf16_d64_sq0", 2, 0, 190, 4, 2, 64, false, FLASH4_DTYPE_BF16);  // dk = dv = 0
+  add("bf16_d128_sk0_causal", 2, 300, 0, 4, 2, 128, true, FLASH4_DTYPE_BF16);  // dq = 0
+  return seeded(v, 105);
+}
+
+std::string first_difference(const h::BwdRawOutput& a, const h::BwdRawOutput& b) {
+  const std::vector<uint16_t>* x[3] = {&a.dq_alloc, &a.dk_alloc, &a.dv_alloc};
+  const std::vector<uint16_t>* y[3] = {&b.dq_alloc, &b.dk_alloc, &b.dv_alloc};
+  const char* names[3] = {"dq", "dk", "dv"};
+  std::string out;
+  for (int t = 0; t < 3; ++t) {
+    if (x[t]->size() != y[t]->size()) {
+      out += std::string(" ") + names[t] + ": sizes differ";
+      continue;
+    }
+    int64_t n = 0, first = -1;
+    for (size_t i = 0; i < x[t]->size(); ++i)
+      if ((*x[t])[i] != (*y[t])[i]) {
+        if (first < 0) first = int64_t(i);
+        ++n;
+      }
+    if (n > 0)
+      out += std::string(" ") + names[t] + ": " + std::to_string(n) + " elements differ (first at " +
+             std::to_string(first) + ")";
+  }
+  return out;
+}
+
+class GpuBwdDeterministic : public GpuBwdSweep {};
+TEST_P(GpuBwdDeterministic, BitwiseOver50RunsAndAccurate) {
+  const Problem& p = GetParam().p;
+  h::BwdHostCase bc = h::make_bwd_case(p);
+  h::BwdDeviceCase dc(bc, /*deterministic=*/true);
+  ASSERT_EQ(dc.args.deterministic, 1);
+  flash4_support info;
+  std::memset(&info, 0, sizeof info);
+  ASSERT_EQ(flash4_bwd_supported(&dc.args, -1, &info), FLASH4_OK) << flash4_last_error();
+  ASSERT_NE(info.path, FLASH4_PATH_NONE) << "deterministic backward refused: " << info.reason;
+  EXPECT_TRUE(contains(info.reason, "deterministic")) << info.reason;
+  h::Stream stream;
+  constexpr int kRuns = 50;
+  h::BwdRawOutput first;
+  int differing = 0;
+  for (int r = 0; r < kRuns; ++r) {
+    dc.poison(stream.get());
+    std::string msg;
+    ASSERT_EQ(dc.launch(stream.get(), &msg), FLASH4_OK) << "run " << r << ": " << msg;
+    FLASH4_HARNESS_CUDA(cudaGetLastError());
+    stream.sync();
+    h::BwdRawOutput raw = dc.download();
+    if (r == 0) {
+      first = std::move(raw);
+      continue;
+    }
+    const std::string diff = first_difference(first, raw);
+    if (!diff.empty() && differing++ < 3) ADD_FAILURE() << "run " << r << " vs run 0:" << diff;
+  }
+  std::printf("  %s: %d of %d runs differ from run 0\n", h::describe(p).c_str(), differing, kRuns - 1);
+  EXPECT_EQ(differing, 0) << "deterministic mode is not bitwise reproducible";
+  const h::BwdReference ref = h::run_bwd_reference(bc);
+  const h::BwdResult res = h::evaluate_bwd(bc, ref, first, FLASH4_OK, "");
+  print_result(res);
+  EXPECT_TRUE(res.pass) << res.summary();
+
+  // The default mode on the same inputs still passes. Non-causal CTAs walk
+  // the query blocks in the same order in both modes, so dk and dv are the
+  // same bits and dq differs at most by reordered fp32 sums; causal
+  // deterministic CTAs walk them in another order (dk / dv sums reordered).
+  h::BwdDeviceCase plain(bc, /*deterministic=*/false);
+  plain.poison(stream.get());
+  std::string msg;
+  ASSERT_EQ(plain.launch(stream.get(), &msg), FLASH4_OK) << msg;
+  FLASH4_HARNESS_CUDA(cudaGetLastError());
+  stream.sync();
+  const h::BwdRawOutput plain_raw = plain.download();
+  const h::BwdResult plain_res = h::evaluate_bwd(bc, ref, plain_raw, FLASH4_OK, "");
+  print_result(plain_res);
+  EXPECT_TRUE(plain_res.pass) << "default mode: " << plain_res.summary();
+  if (!p.causal) expect_same(compare_runs(p.dtype, first, plain_raw), "deterministic vs default");
+}
+INSTANTIATE_TEST_SUITE_P(GpuBwd, GpuBwdDeterministic, ::testing::ValuesIn(deterministic_cases()), case_name);
+
+// Replays of a captured deterministic call give the run's bits: the
+// semaphores are reset by each call's own preprocess, not by the caller.
+TEST(GpuBwdDeterministicGraph, ReplaysGiveTheRunsBitsAndWorkspaceErrors) {
+  FLASH4_REQUIRE_BWD_GPU();
+  Problem p;
+  p.batch = 2; p.seqlen_q = 555; p.seqlen_k = 901; p.heads_q = 6; p.heads_kv = 2; p.headdim = 128;
+  p.causal = true; p.seed = h::mix_seed(base_seed(), 2301);
+  h::BwdHostCase bc = h::make_bwd_case(p);
+  h::BwdDeviceCase dc(bc, /*deterministic=*/true);
+  h::Stream stream;
+  dc.poison(stream.get());
+  std::string msg;
+  ASSERT_EQ(dc.launch(stream.get(), &msg), FLASH4_OK) << msg;
+  FLASH4_HARNESS_CUDA(cudaGetLastError());
+  stream.sync();
+  const h::BwdRawOutput direct = dc.download();
+  const h::BwdResult r = h::evaluate_bwd(bc, h::run_bwd_reference(bc), direct, FLASH4_OK, "");
+  EXPECT_TRUE(r.pass) << r.summary();
+
+  h::Graph graph;
+  FLASH4_HARNESS_CUDA(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const flash4_status st = dc.launch(stream.get(), &msg);
+  const cudaError_t end = cudaStreamEndCapture(stream.get(), graph.graph_ptr());
+  ASSERT_EQ(st, FLASH4_OK) << "flash4_bwd during capture: " << msg;
+  ASSERT_EQ(end, cudaSuccess) << "cudaStreamEndCapture: " << cudaGetErrorString(end);
+  size_t nodes = 0;
+  FLASH4_HARNESS_CUDA(cudaGraphGetNodes(graph.graph(), nullptr, &nodes));
+  EXPECT_EQ(nodes, 3u) << "expected preprocess, main and postprocess kernels";
+  graph.instantiate();
+  for (int replay = 0; replay < 3; ++replay) {
+    dc.poison(stream.get());
+    graph.launch(stream.get());
+    FLASH4_HARNESS_CUDA(cudaGetLastError());
+    stream.sync();
+    const std::string diff = first_difference(direct, dc.download());
+    EXPECT_TRUE(diff.empty()) << "graph replay " << replay << " vs direct run:" << diff;
+  }
+
+  // The deterministic workspace is larger; one byte short is refused.
+  h::BwdDeviceCase plain(bc, /*deterministic=*/false);
+  ASSERT_GT(dc.workspace_bytes(), plain.workspace_bytes());
+  dc.poison(stream.get());
+  EXPECT_EQ(dc.launch(stream.get(), &msg, int64_t(dc.workspace_bytes()) - 1), FLASH4_ERROR_WORKSPACE) << msg;
+  FLASH4_HARNESS_CUDA(cudaGetLastError());
+  stream.sync();
+  const h::BwdRawOutput raw = dc.download();
+  EXPECT_TRUE(all_u16(raw.dq_alloc, h::kPoison16) && all_u16(raw.dk_alloc, h::kPoison16) &&
+              all_u16(raw.dv_alloc, h::kPoison16))
+      << "a refused call wrote gradients";
+}
+
+// The workspace of deterministic = 1 (no GPU needed): the default layout,
+// then at the next multiple of 16 bytes a 16-byte ticket word group and one
+// int32 per 32 padded query rows of each head (2 semaphores per 64 rows).
+TEST(GpuBwdDeterministicWorkspace, HoldsTheSemaphores) {
+  for (int sq : {1, 128, 129, 1000}) {
+    Problem p;
+    p.batch = 3; p.seqlen_q = sq; p.seqlen_k = 77; p.heads_q = 6; p.heads_kv = 2; p.headdim = 64;
+    p.causal = true;
+    h::BwdHostCase bc = h::make_bwd_case(p);
+    std::vector<void*> bases;
+    for (auto& a : bc.hc.allocs) bases.push_back(a.data());
+    flash4_bwd_args a = h::make_bwd_args(bc, bases, bc.lse.data(), nullptr, nullptr, nullptr);
+    size_t plain = 0, det = 0;
+    ASSERT_EQ(flash4_bwd_workspace_size(&a, &plain), FLASH4_OK) << flash4_last_error();
+    a.deterministic = 1;
+    ASSERT_EQ(flash4_bwd_workspace_size(&a, &det), FLASH4_OK) << flash4_last_error();
+    const size_t sq_pad = (size_t(sq) + 127) / 128 * 128;
+    EXPECT_EQ(det, (plain + 15) / 16 * 16 + 16 + 4 * size_t(p.batch) * size_t(p.heads_q) * (sq_pad / 32))
+        << "Sq=" << sq;
+  }
+}
+
 // ---- unsupported options and workspace errors ------------------------------------
 TEST(GpuBwdUnsupported, SaysWhyAndWritesNothing) {
   FLASH4_REQUIRE_BWD_GPU();
@@ -407,7 +590,6 @@ TEST(GpuBwdUnsupported, SaysWhyAndWritesNothing) {
       {"varlen", "varlen", [](Problem* p) {
          p->varlen = true; p->batch = 2; p->seqlens_q = {40, 70}; p->seqlens_k = {50, 60}; }, nullptr},
       {"seqused_k", "seqused_k", [](Problem* p) { p->seqused_k = {100, 7}; }, nullptr},
-      {"deterministic", "deterministic", nullptr, [](flash4_bwd_args* a) { a->deterministic = 1; }},
       {"forced portable path", "portable", [](Problem* p) { p->path = FLASH4_PATH_PORTABLE; }, nullptr},
   };
   h::Stream stream;

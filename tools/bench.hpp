@@ -116,6 +116,7 @@ struct BenchOptions {
   std::vector<int> headdims{64, 128};
   std::vector<int> seqlens{512, 1024, 2048, 4096, 8192, 16384};
   std::vector<int> causal{0, 1};
+  std::vector<int> deterministic{0};  // bwd: 0, 1 or both (rows side by side)
   flash4_dtype dtype = FLASH4_DTYPE_BF16;
   flash4_path path = FLASH4_PATH_AUTO;
   bool backward = false;
@@ -139,6 +140,8 @@ inline void bench_usage(FILE* f) {
       "  --dtype bf16|fp16  (default bf16)\n"
       "  --path auto|portable|sm90   (default auto)\n"
       "  --mode fwd|bwd     (default fwd)\n"
+      "  --deterministic LIST  bwd only: 0, 1 or 0,1 (default 0); 1 = bitwise\n"
+      "                     reproducible dq (impl gets a -det suffix)\n"
       "  --tokens N         total tokens per call (default 16384)\n"
       "  --hidden N         heads * headdim (default 2048)\n"
       "  --warmup N         untimed calls per shape (default 10)\n"
@@ -177,6 +180,9 @@ inline int parse_bench_options(int argc, char** argv, BenchOptions* o) {
     } else if (a == "--causal") {
       ok = parse_int_list(v, &o->causal) &&
            std::all_of(o->causal.begin(), o->causal.end(), [](int c) { return c == 0 || c == 1; });
+    } else if (a == "--deterministic") {
+      ok = parse_int_list(v, &o->deterministic) &&
+           std::all_of(o->deterministic.begin(), o->deterministic.end(), [](int x) { return x == 0 || x == 1; });
     } else if (a == "--dtype") {
       ok = v == "bf16" || v == "fp16";
       o->dtype = v == "fp16" ? FLASH4_DTYPE_FP16 : FLASH4_DTYPE_BF16;
@@ -215,6 +221,10 @@ inline int parse_bench_options(int argc, char** argv, BenchOptions* o) {
     if (s <= 0) { std::fprintf(stderr, "flash4 bench: seqlen must be > 0\n"); return 4; }
   for (int d : o->headdims)
     if (d <= 0) { std::fprintf(stderr, "flash4 bench: headdim must be > 0\n"); return 4; }
+  if (!o->backward && std::any_of(o->deterministic.begin(), o->deterministic.end(), [](int x) { return x != 0; })) {
+    std::fprintf(stderr, "flash4 bench: --deterministic 1 needs --mode bwd\n");
+    return 4;
+  }
   return 0;
 }
 
@@ -269,6 +279,7 @@ struct BenchRow {
   std::string impl, status, reason;
   Shape shape{};
   bool causal = false;
+  bool deterministic = false;
   double ms = 0, tflops = 0;
 };
 
@@ -283,6 +294,7 @@ inline std::string json_line(const BenchOptions& o, const BenchContext& c, const
      << "\",\"headdim\":" << r.shape.headdim << ",\"causal\":" << (r.causal ? "true" : "false")
      << ",\"seqlen\":" << r.shape.seqlen << ",\"batch\":" << r.shape.batch << ",\"heads\":" << r.shape.heads
      << ",\"dtype\":\"" << hn::dtype_name(o.dtype) << "\"";
+  if (o.backward) js << ",\"deterministic\":" << (r.deterministic ? "true" : "false");
   if (r.status == "ok") {
     std::snprintf(num, sizeof num, "%.6f", r.ms);
     js << ",\"ms\":" << num;
@@ -301,8 +313,8 @@ inline std::string json_line(const BenchOptions& o, const BenchContext& c, const
 }
 
 // Fills the args of one call on set `s`.
-inline void bench_args(const BenchOptions& o, const Shape& sh, bool causal, BenchSet& s, flash4_fwd_args* fa,
-                       flash4_bwd_args* ba) {
+inline void bench_args(const BenchOptions& o, const Shape& sh, bool causal, bool deterministic, BenchSet& s,
+                       flash4_fwd_args* fa, flash4_bwd_args* ba) {
   const flash4_dtype dt = o.dtype;
   std::initializer_list<int64_t> shape = {sh.batch, sh.seqlen, sh.heads, sh.headdim};
   std::initializer_list<int64_t> lse_shape = {sh.batch, sh.heads, sh.seqlen};
@@ -331,6 +343,7 @@ inline void bench_args(const BenchOptions& o, const Shape& sh, bool causal, Benc
     ba->dk = hn::dense_tensor(s.dk.data(), dt, shape);
     ba->dv = hn::dense_tensor(s.dv.data(), dt, shape);
     ba->opt = opt;
+    ba->deterministic = deterministic ? 1 : 0;
   }
 }
 
@@ -339,21 +352,25 @@ inline std::string status_text(flash4_status st) {
 }
 
 // Measures one shape; fills row.status ("ok", "not_supported", "error").
-inline void bench_one(const BenchOptions& o, const Shape& sh, bool causal, std::vector<BenchSet>& sets,
-                      hn::DeviceBuffer& workspace, const hn::Stream& stream, BenchRow* row) {
+inline void bench_one(const BenchOptions& o, const Shape& sh, bool causal, bool deterministic,
+                      std::vector<BenchSet>& sets, hn::DeviceBuffer& workspace, const hn::Stream& stream,
+                      BenchRow* row) {
+  const std::string suffix = deterministic ? "-det" : "";
   row->shape = sh;
   row->causal = causal;
-  row->impl = std::string("flash4-") + flash4_path_name(o.path);
+  row->deterministic = deterministic;
+  row->impl = std::string("flash4-") + flash4_path_name(o.path) + suffix;
   std::vector<flash4_fwd_args> fa(sets.size());
   std::vector<flash4_bwd_args> ba(sets.size());
-  for (size_t i = 0; i < sets.size(); ++i) bench_args(o, sh, causal, sets[i], &fa[i], o.backward ? &ba[i] : nullptr);
+  for (size_t i = 0; i < sets.size(); ++i)
+    bench_args(o, sh, causal, deterministic, sets[i], &fa[i], o.backward ? &ba[i] : nullptr);
 
   flash4_support sup{};
   flash4_status st = o.backward ? flash4_bwd_supported(&ba[0], o.device, &sup)
                                 : flash4_fwd_supported(&fa[0], o.device, &sup);
   if (st != FLASH4_OK) { row->status = "error"; row->reason = status_text(st); return; }
   if (sup.path == FLASH4_PATH_NONE) { row->status = "not_supported"; row->reason = sup.reason; return; }
-  row->impl = std::string("flash4-") + flash4_path_name(sup.path);
+  row->impl = std::string("flash4-") + flash4_path_name(sup.path) + suffix;
 
   size_t ws = 0, fwd_ws = 0;
   st = flash4_fwd_workspace_size(&fa[0], &fwd_ws);
@@ -446,10 +463,13 @@ inline int bench_main(int argc, char** argv) {
   std::printf("# flash4 bench: %s (cc %d.%d, %d SMs), driver %s, CUDA %s (runtime %s), commit %s\n",
               ctx.device_name.c_str(), prop.major, prop.minor, prop.multiProcessorCount, ctx.driver.c_str(),
               ctx.cuda.c_str(), ctx.runtime.c_str(), ctx.commit.c_str());
-  std::printf("# mode %s, dtype %s, path %s, tokens %ld, hidden %ld, %zu input set(s) of %.0f MiB, "
+  std::string det_list;
+  for (int x : o.deterministic) det_list += (det_list.empty() ? "" : ",") + std::to_string(x);
+  std::printf("# mode %s%s, dtype %s, path %s, tokens %ld, hidden %ld, %zu input set(s) of %.0f MiB, "
               "median of %d after %d warm-up\n",
-              o.backward ? "bwd" : "fwd", hn::dtype_name(o.dtype), flash4_path_name(o.path), o.tokens, o.hidden,
-              n_sets, set_bytes / 1048576.0, o.iters, o.warmup);
+              o.backward ? "bwd" : "fwd", o.backward ? (", deterministic " + det_list).c_str() : "",
+              hn::dtype_name(o.dtype), flash4_path_name(o.path), o.tokens, o.hidden, n_sets, set_bytes / 1048576.0,
+              o.iters, o.warmup);
   std::fflush(stdout);
 
   std::vector<BenchSet> sets(n_sets);
@@ -489,34 +509,35 @@ inline int bench_main(int argc, char** argv) {
   int failed = 0, unsupported = 0;
   for (int d : o.headdims)
     for (int c : o.causal)
-      for (int s : o.seqlens) {
-        BenchRow row;
-        const Shape sh = bench_shape(o, s, d);
-        try {
-          bench_one(o, sh, c != 0, sets, workspace, stream, &row);
-        } catch (const hn::Error& e) {
-          row.status = "error";
-          row.reason = e.what();
-        }
-        std::printf("%-16s %-4s %4d %6d %7d %6lld %6lld ", row.impl.c_str(), o.backward ? "bwd" : "fwd", d, c, s,
-                    static_cast<long long>(sh.batch), static_cast<long long>(sh.heads));
-        if (row.status == "ok") {
-          std::printf("%10.4f %9.1f\n", row.ms, row.tflops);
-        } else {
-          std::printf("%10s %9s  %s: %s\n", "-", "-", row.status == "error" ? "ERROR" : "NOT_SUPPORTED",
-                      row.reason.c_str());
-          (row.status == "error" ? failed : unsupported)++;
-        }
-        std::fflush(stdout);
-        if (json.is_open()) {
-          json << json_line(o, ctx, row) << "\n";
-          json.flush();
-          if (!json) {
-            std::fprintf(stderr, "flash4 bench: writing %s failed\n", o.json.c_str());
-            return 1;
+      for (int s : o.seqlens)
+        for (int det : o.deterministic) {
+          BenchRow row;
+          const Shape sh = bench_shape(o, s, d);
+          try {
+            bench_one(o, sh, c != 0, det != 0, sets, workspace, stream, &row);
+          } catch (const hn::Error& e) {
+            row.status = "error";
+            row.reason = e.what();
+          }
+          std::printf("%-16s %-4s %4d %6d %7d %6lld %6lld ", row.impl.c_str(), o.backward ? "bwd" : "fwd", d, c, s,
+                      static_cast<long long>(sh.batch), static_cast<long long>(sh.heads));
+          if (row.status == "ok") {
+            std::printf("%10.4f %9.1f\n", row.ms, row.tflops);
+          } else {
+            std::printf("%10s %9s  %s: %s\n", "-", "-", row.status == "error" ? "ERROR" : "NOT_SUPPORTED",
+                        row.reason.c_str());
+            (row.status == "error" ? failed : unsupported)++;
+          }
+          std::fflush(stdout);
+          if (json.is_open()) {
+            json << json_line(o, ctx, row) << "\n";
+            json.flush();
+            if (!json) {
+              std::fprintf(stderr, "flash4 bench: writing %s failed\n", o.json.c_str());
+              return 1;
+            }
           }
         }
-      }
   if (failed) std::printf("# %d shape(s) failed\n", failed);
   if (unsupported) std::printf("# %d shape(s) not supported on this device/build\n", unsupported);
   return failed ? 1 : unsupported ? 3 : 0;

@@ -114,7 +114,11 @@ typedef struct flash4_bwd_args {
   flash4_tensor lse; /* fp32, from the forward */
   flash4_tensor dq, dk, dv; /* written */
   flash4_attn_options opt;
-  int32_t deterministic; /* bitwise reproducible dq */
+  /* 1: bitwise reproducible dq (its fp32 partial sums added in a fixed
+   * order; slower). The workspace then also holds int32 semaphores, about
+   * 4 bytes per 32 query rows and head: ask flash4_bwd_workspace_size with
+   * the same value. */
+  int32_t deterministic;
 } flash4_bwd_args;
 
 typedef struct flash4_support {

@@ -26,12 +26,18 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 //   dq_accum  fp32 rows x Hq x round_up(D, 32)  (offset 0)
 //   lse_log2  fp32 rows x Hq                    (after dq_accum)
 //   dsum      fp32 rows x Hq                    (after lse_log2)
+//   dq_sem    deterministic only (after dsum, at a multiple of 16 bytes):
+//             int32 [4 + Hq * ceil(rows / 32)]: word 0 a CTA ticket
+//             counter, words 1..3 unused, then 2 semaphores per 64 padded
+//             query rows of each head (dQ summed in a fixed order; see
+//             src/sm90/bwd_kernel.cuh). Zeroed by the backward itself.
 // Every region starts at a multiple of 16 bytes from the workspace start.
 struct BwdWorkspace {
   uint64_t rows = 0;      // padded query rows over the batch (B * sq_pad batched)
   uint64_t sq_pad = 0;    // batched: round_up(Sq, 128)
   uint64_t d_pad = 0;     // round_up(D, 32)
   uint64_t dq_accum_offset = 0, lse_log2_offset = 0, dsum_offset = 0;  // bytes
+  uint64_t dq_sem_offset = 0, dq_sem_bytes = 0;  // bytes; 0 bytes unless deterministic
   uint64_t total_bytes = 0;
 };
 // False when the sizes overflow.
@@ -52,6 +58,14 @@ inline bool bwd_workspace_layout(const BwdParams& p, int64_t total_q, BwdWorkspa
   r.dq_accum_offset = 0;
   r.lse_log2_offset = dq_bytes;
   r.dsum_offset = dq_bytes + row_bytes;
+  if (p.deterministic) {
+    // ceil(rows / 32) * Hq <= row_elems / 32 + Hq: the product cannot wrap.
+    r.dq_sem_bytes = 16u + 4u * (((r.rows + 31u) / 32u) * uint64_t(p.heads_q));
+    if (__builtin_add_overflow(total, uint64_t(15), &r.dq_sem_offset)) return false;
+    r.dq_sem_offset = r.dq_sem_offset / 16u * 16u;
+    if (__builtin_add_overflow(r.dq_sem_offset, r.dq_sem_bytes, &total) || total > SIZE_MAX)
+      return false;
+  }
   r.total_bytes = total;
   *w = r;
   return true;

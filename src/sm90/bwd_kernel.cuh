@@ -14,7 +14,8 @@
 //   dsum      fp32 (B, Hq, sq_pad): D_i; 0 on rows >= Sq
 //
 // 1. bwd_preprocess_kernel: grid (sq_pad/64, Hq, B). D and lse_log2 of 64
-//    rows, and zeroes the same rows of dq_accum.
+//    rows, and zeroes the same rows of dq_accum (deterministic: and their
+//    dQ semaphores, and the CTA ticket counter).
 // 2. bwd_kernel (K/V-stationary, FA2/FA3 style): one CTA per (key block of
 //    128, kv head, batch), 1-D grid (order: see the kernel).
 //    A CTA owns kBlockN = 128 keys of one (b, h_kv) and walks every (query
@@ -50,6 +51,41 @@
 // is conflict-free and the reduce-add is one contiguous bulk copy. Fragment:
 // warp = t / 32, lane = t % 32, row = 16 warp + lane / 4 + 8 ((i >> 1) & 1),
 // col = 8 (i >> 2) + 2 (lane % 4) + (i & 1) (see ptx.cuh).
+//
+// Deterministic mode (BwdConfig kDeterministic; args.deterministic == 1):
+// the dQ partials of each (b, h, query block m, consumer piece w) are added
+// in ascending key-block order n_block = 0, 1, ..., so dq_accum holds the same
+// fp32 sums on every run (dK / dV never depend on the order: registers).
+//   * dq_sem (workspace region; word 0 the CTA ticket counter, see below,
+//     the semaphores from word 4; zeroed by the preprocess): one int32 per
+//     (b, h, m, w), at (b * Hq + h) * (sq_pad / 32) + 2 m + w. Before its
+//     reduce-add of piece w, the consumer's elected thread spins until the
+//     semaphore equals its n_block (ld.acquire.gpu); after the add it waits
+//     for the add to complete in global memory (cp.async.bulk.wait_group 0,
+//     not .read), fences (async proxy, then gpu scope) and adds 1 (release).
+//   * The key blocks that add into (h, m) are a prefix 0..last(m) of the
+//     key blocks: a CTA adds into every m >= m_begin(n_block), and m_begin
+//     is non-decreasing in n_block (causal; 0 without a mask). So the k-th
+//     add into a piece comes from key block k, each contributing CTA adds
+//     exactly once, and "wait for n_block" counts exactly its predecessors.
+//     Query blocks no key block reaches (causal, Sq > Sk) have no adds and
+//     no waiters. GQA: each query head has its own semaphores, and one CTA
+//     walks all heads of its group, so the order is over key blocks only.
+//   * No deadlock: the CTA order (n_block, hb) is not taken from blockIdx
+//     (hardware need not start CTAs in blockIdx order) but from a ticket,
+//     atomicAdd on dq_ticket (zeroed by the preprocess) by each CTA once it
+//     runs. Tickets map to (hb, n_block) as blockIdx does by default, so the
+//     predecessors (same hb, smaller n_block) of a CTA hold smaller tickets:
+//     they are already resident (started) when it waits, and a resident CTA
+//     keeps its SM until it exits. Induction on tickets: the unfinished CTA
+//     with the smallest ticket has all predecessors finished, so each of its
+//     waits is already satisfied and it runs to completion; no cycle exists
+//     because waits only go to smaller tickets.
+//   * Causal CTAs walk (m descending, query head fastest) instead of (head,
+//     m ascending): every CTA of a (b, h_kv) then visits the shared (h, m)
+//     in the same sequence, starting with the last query block, which every
+//     key block sees; the CTAs of one hb run in lock step one add apart
+//     instead of CTA n idling until CTA 0 reaches m_begin(n).
 //
 // Masking: key j is visible to query i iff j < Sk and (non-causal or
 // j <= i + Sk - Sq). Causal CTAs start at the first query block that sees
@@ -87,6 +123,9 @@ struct BwdKernelArgs {
   int hb_per_section;  // causal CTA order: (b, h_kv) pairs per L2 section
   float scale_log2;  // softmax_scale * log2(e)
   float softmax_scale;
+  // Deterministic mode only (nullptr otherwise): see the file comment.
+  int* dq_sem;     // the semaphores (dq_sem region + 4 words)
+  int* dq_ticket;  // the CTA ticket counter (dq_sem region, word 0)
 };
 
 struct BwdPrepArgs {
@@ -114,11 +153,12 @@ struct BwdPostArgs {
   float softmax_scale;
 };
 
-template <int kHeadDim_, typename Elem_, bool kCausal_>
+template <int kHeadDim_, typename Elem_, bool kCausal_, bool kDeterministic_ = false>
 struct BwdConfig {
   using Elem = Elem_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
+  static constexpr bool kDeterministic = kDeterministic_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
 
   static constexpr int kBlockN = 128;              // keys per CTA: 2 consumers x 64
@@ -152,7 +192,9 @@ struct BwdConfig {
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
   // barriers: kv_full, full[S], empty[S]
   static constexpr int kNumBars = 1 + 2 * kStages;
-  static constexpr int kSmemBytes = kOffBar + 8 * kNumBars + 1024;  // + alignment slack
+  static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
+  static constexpr int kSmemBytes =
+      kOffTicket + (kDeterministic ? 16 : 0) + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
 };
 
@@ -212,8 +254,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   // (b, h_kv) pairs in sections of hb_per_section (sized on the host so that
   // a section's Q / dO fit in L2); inside a section key blocks slowest
   // (bottom-right mask: block 0 sees the most queries), so the heaviest CTAs
-  // start first and a section ends with its lightest.
-  const int cta = static_cast<int>(blockIdx.x);
+  // start first and a section ends with its lightest. Deterministic: the
+  // position in this order is the CTA's ticket, not blockIdx (file comment).
+  int cta = static_cast<int>(blockIdx.x);
+  if constexpr (C::kDeterministic) {
+    int* s_ticket = reinterpret_cast<int*>(smem + C::kOffTicket);
+    if (tid == 0) *s_ticket = atomicAdd(args.dq_ticket, 1);
+    __syncthreads();
+    cta = *s_ticket;
+  }
   int n_block, hb;
   if constexpr (C::kCausal) {
     const int per_sec = args.hb_per_section * args.num_n_blocks;
@@ -233,6 +282,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const int m_begin = bwd_m_begin<C::kCausal, kBM, kBN>(n_block, Sq, Sk, args.num_m_blocks);
   const int nm = args.num_m_blocks - m_begin;  // query blocks per head
   const int n_iters = nm * args.group;
+  // (query head, query block) of iteration it.
+  auto iter_hm = [&](int it) -> int2 {
+    if constexpr (C::kDeterministic && C::kCausal)  // m descending, head fastest
+      return make_int2(h_kv * args.group + it % args.group,
+                       args.num_m_blocks - 1 - it / args.group);
+    else
+      return make_int2(h_kv * args.group + it / nm, m_begin + it % nm);
+  };
   // Workspace row offset of (b, h, query block m).
   auto row_offset = [&](int h, int m) -> int64_t {
     return (static_cast<int64_t>(b) * args.heads_q + h) * args.sq_pad +
@@ -265,8 +322,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_4d(sV + p * C::kPanelBytesN, &args.tm_v, kv_full, p * 64, n_block * kBN, h_kv, b);
       }
       for (int it = 0; it < n_iters; ++it) {
-        const int h = h_kv * args.group + it / nm;
-        const int m = m_begin + it % nm;
+        const int2 hm = iter_hm(it);
+        const int h = hm.x;
+        const int m = hm.y;
         const int s = it % kS;
         const uint32_t ph = (it / kS) & 1;
         mbar_wait(&empty[s], ph ^ 1);
@@ -304,6 +362,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const uint32_t do_base = smem_u32(sDO);
   const uint32_t ds_base = smem_u32(sDS);
   float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
+  // Deterministic: semaphore of this consumer's piece of (h, m).
+  auto dq_sem_of = [&](int h, int m) -> int* {
+    return args.dq_sem + (static_cast<int64_t>(b) * args.heads_q + h) * (args.sq_pad / 32) +
+           2 * m + cw;
+  };
 
   float dv[kNK];
   float dk[kNK];
@@ -340,8 +403,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
 
   for (int it = 0; it < n_iters; ++it) {
-    const int h = h_kv * args.group + it / nm;
-    const int m = m_begin + it % nm;
+    const int2 hm = iter_hm(it);
+    const int h = hm.x;
+    const int m = hm.y;
     const int s = it % kS;
     const uint32_t ph = (it / kS) & 1;
     const int q0 = m * kBM;
@@ -471,9 +535,21 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     fence_proxy_async_smem();
     named_bar_sync(kBwdBarWG0 + cw, 128);
     if (wthr == 0) {
+      // Deterministic: the semaphore of piece (b, h, m, cw); wait for key
+      // blocks 0 .. n_block-1 (file comment, "Deterministic mode").
+      if constexpr (C::kDeterministic) {
+        sem_wait_eq(dq_sem_of(h, m), n_block);
+        fence_proxy_async_global();  // the acquire orders the bulk add below
+      }
       bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats, sDQ_mine,
                           C::kDQPieceBytes);
       tma_store_commit();
+      if constexpr (C::kDeterministic) {
+        bulk_wait_all();             // the add is complete in global memory (not only read)
+        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
+        __threadfence();
+        red_release_gpu_add_s32(dq_sem_of(h, m), 1);  // the next key block's turn
+      }
     }
   }
 
@@ -529,8 +605,12 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-template <typename T, int kD>
-__global__ void __launch_bounds__(256) bwd_preprocess_kernel(const BwdPrepArgs a) {
+// Deterministic: dq_sem_region is the workspace's dq_sem region (word 0 the
+// CTA ticket counter, the semaphores from word 4), zeroed here; else unused
+// (a separate parameter: a larger BwdPrepArgs changes the plain kernel's code).
+template <typename T, int kD, bool kDeterministic>
+__global__ void __launch_bounds__(256)
+    bwd_preprocess_kernel(const BwdPrepArgs a, int* dq_sem_region) {
   constexpr int kRows = 64;
   constexpr int kTPR = kD / 8;  // threads per row, 16 bytes each
   static_assert(32 % kTPR == 0, "a row's threads sit in one warp");
@@ -564,6 +644,14 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(const BwdPrepArgs a
   }
   float4* z = reinterpret_cast<float4*>(a.dq_accum + (bh * a.sq_pad + row0) * kD);
   for (int e = threadIdx.x; e < kRows * kD / 4; e += 256) z[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if constexpr (kDeterministic) {  // this block's 2 semaphores (and the ticket)
+    if (threadIdx.x < 2)
+      dq_sem_region[4 + bh * (a.sq_pad / 32) + 2 * blockIdx.x + threadIdx.x] = 0;
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+      dq_sem_region[0] = 0;
+  } else {
+    (void)dq_sem_region;
+  }
 }
 
 // ---------------------------------------------------------------------------

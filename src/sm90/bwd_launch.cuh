@@ -19,6 +19,10 @@ struct BwdLaunch {
   int n_blocks = 0;   // ceil(Sk / 128): main-kernel CTAs per (b, h_kv)
   int prep_blocks = 0;  // sq_pad / 64
   int post_blocks = 0;  // ceil(Sq / kBlockM)
+  // Deterministic mode (main.dq_sem / dq_ticket and dq_sem_region set);
+  // only with prep_blocks > 0, as the preprocess zeroes the region.
+  bool deterministic = false;
+  int* dq_sem_region = nullptr;  // the workspace's dq_sem region
 };
 
 template <int kD>
@@ -44,18 +48,18 @@ cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
 
 // Preprocess -> main -> postprocess, each skipped when it has nothing to do
 // (Sq == 0: no query rows; Sk == 0: no key blocks, dq comes out zero).
-template <int kD, typename T, bool kCausal>
+template <int kD, typename T, bool kCausal, bool kDeterministic>
 cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   if (l.prep_blocks > 0) {
-    bwd_preprocess_kernel<T, kD><<<dim3(static_cast<unsigned>(l.prep_blocks),
-                                        static_cast<unsigned>(l.heads_q),
-                                        static_cast<unsigned>(l.batch)),
-                                   256, 0, stream>>>(l.prep);
+    bwd_preprocess_kernel<T, kD, kDeterministic>
+        <<<dim3(static_cast<unsigned>(l.prep_blocks), static_cast<unsigned>(l.heads_q),
+                static_cast<unsigned>(l.batch)),
+           256, 0, stream>>>(l.prep, l.dq_sem_region);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
   if (l.n_blocks > 0) {
-    const cudaError_t e = launch_bwd_main<BwdConfig<kD, T, kCausal>>(l, stream);
+    const cudaError_t e = launch_bwd_main<BwdConfig<kD, T, kCausal, kDeterministic>>(l, stream);
     if (e != cudaSuccess) return e;
   }
   if (l.post_blocks > 0) {
@@ -69,17 +73,22 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   return cudaSuccess;
 }
 
-template <int kD>
+template <int kD, bool kDeterministic>
 cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream) {
   if (bf16)
-    return causal ? launch_bwd<kD, __nv_bfloat16, true>(l, stream)
-                  : launch_bwd<kD, __nv_bfloat16, false>(l, stream);
-  return causal ? launch_bwd<kD, __half, true>(l, stream) : launch_bwd<kD, __half, false>(l, stream);
+    return causal ? launch_bwd<kD, __nv_bfloat16, true, kDeterministic>(l, stream)
+                  : launch_bwd<kD, __nv_bfloat16, false, kDeterministic>(l, stream);
+  return causal ? launch_bwd<kD, __half, true, kDeterministic>(l, stream)
+                : launch_bwd<kD, __half, false, kDeterministic>(l, stream);
 }
 
-// Defined in bwd_sm90_hdim64.cu / bwd_sm90_hdim128.cu.
+// Defined in bwd_sm90_hdim64.cu / bwd_sm90_hdim128.cu (every mode; the
+// deterministic kernels come from the *_det.cu files, compiled apart).
 cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
 cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+// Defined in bwd_sm90_hdim64_det.cu / bwd_sm90_hdim128_det.cu.
+cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+cudaError_t bwd_run_hdim128_det(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
 
 }  // namespace sm90
 }  // namespace flash4

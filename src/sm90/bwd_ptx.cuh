@@ -12,6 +12,14 @@
 //                            (bulk_group): the dQ accumulation.
 //   bulk_wait_all            cp.async.bulk.wait_group 0 (writes done, not
 //                            only the shared-memory reads).
+//   fence_proxy_async_global fence.proxy.async.global: orders the async
+//                            proxy's (bulk copies') global accesses with the
+//                            generic proxy's.
+//   ld_acquire_gpu_s32       ld.acquire.gpu.global.s32
+//   red_release_gpu_add_s32  red.release.gpu.global.add.s32
+//   sem_wait_eq              spin (ld.acquire.gpu, __nanosleep backoff) until
+//                            a global int32 equals a value: the deterministic
+//                            dQ order.
 #pragma once
 #include "sm90/ptx.cuh"
 
@@ -73,6 +81,32 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float
 
 __device__ __forceinline__ void bulk_wait_all() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// ---------------------------------------------------------------------------
+// Global-memory semaphores (deterministic dQ order).
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
+__device__ __forceinline__ int ld_acquire_gpu_s32(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void red_release_gpu_add_s32(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// Returns once *sem == value (acquire).
+__device__ __forceinline__ void sem_wait_eq(const int* sem, int value) {
+  uint32_t ns = 32;
+  while (ld_acquire_gpu_s32(sem) != value) {
+    __nanosleep(ns);
+    ns = ns < 256 ? 2 * ns : 256;
+  }
 }
 
 }  // namespace sm90

@@ -5,8 +5,9 @@
 // Coverage (everything else is answered "not supported" with the reason):
 //   compute capability 9.0 (sm_90a code), fp16/bf16, head dim 64 or 128,
 //   batched layout with 16-byte-multiple strides, any Sq/Sk >= 0, GQA/MQA,
-//   causal (bottom-right aligned) or no mask, any finite softmax_scale.
-//   Not yet: varlen, seqused_k, sliding window, softcap, deterministic dQ.
+//   causal (bottom-right aligned) or no mask, any finite softmax_scale,
+//   deterministic dQ (fixed order of the fp32 adds: bwd_kernel.cuh).
+//   Not yet: varlen, seqused_k, sliding window, softcap.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
@@ -156,9 +157,6 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
   if (p.softcap != 0.f) return no("sm90 backward does not support softcap yet");
   if (p.window_left >= 0 || (p.window_right >= 0 && !(p.is_causal && p.window_right == 0)))
     return no("sm90 backward does not support local (sliding window) attention yet");
-  if (p.deterministic)
-    return no("sm90 backward has no deterministic mode yet (dQ is summed by fp32 bulk "
-              "reduce-adds in arrival order); call with deterministic = 0");
   if (!(p.softmax_scale == p.softmax_scale) || !(p.softmax_scale_log2 == p.softmax_scale_log2))
     return no("sm90 backward needs a finite softmax_scale");
   if (p.batch < 0 || p.seqlen_q < 0 || p.seqlen_k < 0) return no("negative size");
@@ -177,7 +175,10 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
   if (bwd_tensor_map_encoder() == nullptr)
     return no("sm90 backward needs cuTensorMapEncodeTiled from the driver (not found)");
   if (why)
-    *why = "sm90 backward (TMA + wgmma, K/V-stationary, dQ by fp32 bulk reduce-add)";
+    *why = p.deterministic
+               ? "sm90 backward (TMA + wgmma, K/V-stationary, dQ by fp32 bulk reduce-add in a "
+                 "fixed key-block order: deterministic)"
+               : "sm90 backward (TMA + wgmma, K/V-stationary, dQ by fp32 bulk reduce-add)";
   return true;
 }
 
@@ -194,6 +195,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
   float* lse_log2 = reinterpret_cast<float*>(base + ws.lse_log2_offset);
   float* dsum = reinterpret_cast<float*>(base + ws.dsum_offset);
+  // Deterministic: ticket counter (word 0), then the semaphores (word 4 on).
+  int* dq_ticket = p.deterministic ? reinterpret_cast<int*>(base + ws.dq_sem_offset) : nullptr;
+  int* dq_sem = p.deterministic ? dq_ticket + 4 : nullptr;
 
   sm90::BwdLaunch l;
   l.batch = p.batch;
@@ -202,6 +206,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   l.n_blocks = (p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN;
   l.prep_blocks = static_cast<int>(ws.sq_pad / 64);
   l.post_blocks = (p.seqlen_q + block_m - 1) / block_m;
+  // Without query rows there is no dQ to order (and no preprocess to zero
+  // the semaphores): the plain kernel is the deterministic one.
+  l.deterministic = p.deterministic && l.prep_blocks > 0;
 
   sm90::BwdKernelArgs& a = l.main;
   if (l.n_blocks > 0) {
@@ -236,6 +243,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   }
   a.scale_log2 = p.softmax_scale_log2;
   a.softmax_scale = p.softmax_scale;
+  a.dq_sem = l.deterministic ? dq_sem : nullptr;
+  a.dq_ticket = l.deterministic ? dq_ticket : nullptr;
+  l.dq_sem_region = l.deterministic ? dq_ticket : nullptr;
 
   sm90::BwdPrepArgs& pr = l.prep;
   pr.out = p.out;

@@ -1,6 +1,7 @@
 """flash4 PyTorch binding on a CUDA device: accuracy against float64 (FlashAttention's
 tolerance rule), opcheck, torch.compile, strided inputs, CUDA graphs, errors, and the
-backward (its current clear error, or a gradient check once the library has one).
+backward (its current clear error, or a gradient check once the library has one; opcheck
+of the bwd op; bitwise repeatable gradients with deterministic=True).
 Every test here is marked `gpu` and skips with a message without a CUDA device."""
 import random
 import zlib
@@ -162,6 +163,23 @@ def test_opcheck_with_grad_when_backward_runs():
     q, k, v = (t.requires_grad_() for t in (rand(2, 113, 4, 64), rand(2, 203, 2, 64),
                                             rand(2, 203, 2, 64)))
     torch.library.opcheck(torch.ops.flash4.fwd.default, (q, k, v), {"causal": True})
+
+
+def test_opcheck_bwd():
+    """torch.ops.flash4.bwd (dq, dk, dv written in place) on a case the GPU backward
+    supports: bf16, d64, causal, GQA 2:1, odd lengths; default and deterministic."""
+    ok, reason = flash4.backward_available()
+    if not ok:
+        pytest.skip(f"library backward not available: {reason}")
+    torch.manual_seed(11)
+    q, k, v = rand(2, 113, 4, 64), rand(2, 203, 2, 64), rand(2, 203, 2, 64)
+    out, lse = torch.ops.flash4.fwd(q, k, v, 0.0, True)
+    dout = torch.randn_like(out)
+    for deterministic in (False, True):
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        torch.library.opcheck(torch.ops.flash4.bwd.default,
+                              (dout, q, k, v, out, lse, dq, dk, dv),
+                              {"causal": True, "deterministic": deterministic})
 
 
 class Block(torch.nn.Module):
@@ -347,6 +365,40 @@ def test_backward(name):
     low.backward(dout)
     for g, r, lo, n in zip(grads, ref_in, low_in, "qkv"):
         assert_close_fa(g, r.grad, lo.grad, rtol=3.0, atol=1e-4, what=f"d{n} ({name})")
+
+
+def test_backward_deterministic_bitwise():
+    """deterministic=True: the same inputs give the same gradient bits on every call
+    (causal, Sq != Sk, GQA 3:1, odd lengths), and the gradients are accurate."""
+    ok, reason = flash4.backward_available()
+    if not ok:
+        pytest.skip(f"library backward not available: {reason}")
+    torch.manual_seed(12)
+    q, k, v = rand(2, 301, 6, 128), rand(2, 457, 2, 128), rand(2, 457, 2, 128)
+    dout = rand(2, 301, 6, 128)
+    first = None
+    for run in range(20):
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        out = flash4.flash_attn_func(qq, kk, vv, causal=True, deterministic=True)
+        try:
+            out.backward(dout)
+        except NotImplementedError as e:  # the backward runs, but not deterministically here
+            pytest.skip(f"library backward does not support deterministic here: "
+                        f"{str(e).splitlines()[0]}")
+        grads = (qq.grad, kk.grad, vv.grad)
+        if first is None:
+            first = grads
+            continue
+        for g, g0, n in zip(grads, first, "qkv"):
+            assert torch.equal(g, g0), f"d{n} of run {run} differs from run 0"
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref, _ = attention_ref(*ref_in, causal=True)
+    ref.backward(dout.double())
+    low_in = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    low, _ = attention_ref(*low_in, upcast=False, causal=True)
+    low.backward(dout)
+    for g, r, lo, n in zip(first, ref_in, low_in, "qkv"):
+        assert_close_fa(g, r.grad, lo.grad, rtol=3.0, atol=1e-4, what=f"d{n} (deterministic)")
 
 
 def test_varlen_backward_error_or_gradients():
