@@ -208,6 +208,33 @@ flash4_status need(const void* pointer, const char* name) {
   return FLASH4_OK;
 }
 
+// Shared body of flash4_{fwd,bwd}_supported: validate, look at the device,
+// and answer with the path `choose` would take (or NONE and why).
+template <typename Args, typename Params, typename Validate, typename Choose>
+flash4_status answer_supported(const char* fn, const Args* args, int device, flash4_support* info,
+                               Validate validate, Choose choose) {
+  return guarded(fn, [&]() -> flash4_status {
+    flash4_status s;
+    if ((s = need(args, "args")) != FLASH4_OK || (s = need(info, "info")) != FLASH4_OK) return s;
+    Params p;
+    std::string message;
+    if ((s = validate(*args, Target::kDevice, &p, &message)) != FLASH4_OK) return fail(s, message);
+    DeviceInfo d;
+    s = query_device(device, &d);
+    if (s == FLASH4_ERROR_NO_DEVICE) {
+      // A question, not a run: "nothing can run it here" is the answer.
+      fill_support(info, FLASH4_PATH_NONE, t_last_error);
+      return ok();
+    }
+    if (s != FLASH4_OK) return s;
+    p.num_sms = d.num_sms;
+    std::string reason;
+    const flash4_path path = choose(p, args->opt.path, d, &reason);
+    fill_support(info, path, reason);
+    return ok();
+  });
+}
+
 }  // namespace
 }  // namespace flash4
 
@@ -285,27 +312,8 @@ FLASH4_API flash4_status flash4_fwd_workspace_size(const flash4_fwd_args* args, 
 
 FLASH4_API flash4_status flash4_fwd_supported(const flash4_fwd_args* args, int device,
                                               flash4_support* info) {
-  return guarded("flash4_fwd_supported", [&]() -> flash4_status {
-    flash4_status s;
-    if ((s = need(args, "args")) != FLASH4_OK || (s = need(info, "info")) != FLASH4_OK) return s;
-    FwdParams p;
-    std::string message;
-    if ((s = validate_fwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
-      return fail(s, message);
-    DeviceInfo d;
-    s = query_device(device, &d);
-    if (s == FLASH4_ERROR_NO_DEVICE) {
-      // A question, not a run: "nothing can run it here" is the answer.
-      fill_support(info, FLASH4_PATH_NONE, t_last_error);
-      return ok();
-    }
-    if (s != FLASH4_OK) return s;
-    p.num_sms = d.num_sms;
-    std::string reason;
-    const flash4_path path = choose_fwd_path(p, args->opt.path, d, &reason);
-    fill_support(info, path, reason);
-    return ok();
-  });
+  return answer_supported<flash4_fwd_args, FwdParams>("flash4_fwd_supported", args, device, info,
+                                                      validate_fwd, choose_fwd_path);
 }
 
 FLASH4_API flash4_status flash4_fwd(const flash4_fwd_args* args, void* workspace,
@@ -374,26 +382,8 @@ FLASH4_API flash4_status flash4_bwd_workspace_size(const flash4_bwd_args* args, 
 
 FLASH4_API flash4_status flash4_bwd_supported(const flash4_bwd_args* args, int device,
                                               flash4_support* info) {
-  return guarded("flash4_bwd_supported", [&]() -> flash4_status {
-    flash4_status s;
-    if ((s = need(args, "args")) != FLASH4_OK || (s = need(info, "info")) != FLASH4_OK) return s;
-    BwdParams p;
-    std::string message;
-    if ((s = validate_bwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
-      return fail(s, message);
-    DeviceInfo d;
-    s = query_device(device, &d);
-    if (s == FLASH4_ERROR_NO_DEVICE) {
-      fill_support(info, FLASH4_PATH_NONE, t_last_error);
-      return ok();
-    }
-    if (s != FLASH4_OK) return s;
-    p.num_sms = d.num_sms;
-    std::string reason;
-    const flash4_path path = choose_bwd_path(p, args->opt.path, d, &reason);
-    fill_support(info, path, reason);
-    return ok();
-  });
+  return answer_supported<flash4_bwd_args, BwdParams>("flash4_bwd_supported", args, device, info,
+                                                      validate_bwd, choose_bwd_path);
 }
 
 // Order: validate -> device -> path (NOT_SUPPORTED with the reason) ->
