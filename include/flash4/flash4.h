@@ -99,7 +99,12 @@ typedef struct flash4_attn_options {
    * used (batched and varlen). data == NULL: unused. */
   flash4_tensor seqused_k;
   flash4_path path;      /* FLASH4_PATH_AUTO unless forcing one */
-  int32_t exp2_emulation; /* sm90 forward: -1 off, 0 default, 1 on */
+  /* FA4 software exp2 (polynomial on the FMA pipe) in the Hopper forward:
+   * -1 off, 0 default (today: off), 1 on. 1 is not shipped yet (measured
+   * slower on H100, docs/perf.md): the Hopper path refuses it and the call
+   * runs on the portable path, which uses the hardware exp2 only;
+   * flash4_fwd_supported says so. */
+  int32_t exp2_emulation;
 } flash4_attn_options;
 
 typedef struct flash4_fwd_args {
