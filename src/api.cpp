@@ -235,6 +235,24 @@ flash4_status answer_supported(const char* fn, const Args* args, int device, fla
   });
 }
 
+// Shared start of flash4_fwd / flash4_bwd: validate, query the current
+// device, pick the path (NOT_SUPPORTED with the reason when none runs it).
+template <typename Args, typename Params, typename Validate, typename Choose>
+flash4_status prepare_launch(const Args* args, Validate validate, Choose choose, Params* p,
+                             flash4_path* path) {
+  flash4_status s;
+  if ((s = need(args, "args")) != FLASH4_OK) return s;
+  std::string message;
+  if ((s = validate(*args, Target::kDevice, p, &message)) != FLASH4_OK) return fail(s, message);
+  DeviceInfo d;
+  if ((s = query_device(-1, &d)) != FLASH4_OK) return s;
+  p->num_sms = d.num_sms;
+  std::string reason;
+  *path = choose(*p, args->opt.path, d, &reason);
+  if (*path == FLASH4_PATH_NONE) return fail(FLASH4_ERROR_NOT_SUPPORTED, reason);
+  return FLASH4_OK;
+}
+
 }  // namespace
 }  // namespace flash4
 
@@ -319,18 +337,10 @@ FLASH4_API flash4_status flash4_fwd_supported(const flash4_fwd_args* args, int d
 FLASH4_API flash4_status flash4_fwd(const flash4_fwd_args* args, void* workspace,
                                     size_t workspace_bytes, flash4_stream stream) {
   return guarded("flash4_fwd", [&]() -> flash4_status {
-    flash4_status s;
-    if ((s = need(args, "args")) != FLASH4_OK) return s;
     FwdParams p;
-    std::string message;
-    if ((s = validate_fwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
-      return fail(s, message);
-    DeviceInfo d;
-    if ((s = query_device(-1, &d)) != FLASH4_OK) return s;
-    p.num_sms = d.num_sms;
-    std::string reason;
-    const flash4_path path = choose_fwd_path(p, args->opt.path, d, &reason);
-    if (path == FLASH4_PATH_NONE) return fail(FLASH4_ERROR_NOT_SUPPORTED, reason);
+    flash4_path path;
+    flash4_status s = prepare_launch(args, validate_fwd, choose_fwd_path, &p, &path);
+    if (s != FLASH4_OK) return s;
     // The forward needs no workspace today; the check stays so that a future
     // need cannot silently run without one.
     const size_t required = 0;
@@ -391,18 +401,10 @@ FLASH4_API flash4_status flash4_bwd_supported(const flash4_bwd_args* args, int d
 FLASH4_API flash4_status flash4_bwd(const flash4_bwd_args* args, void* workspace,
                                     size_t workspace_bytes, flash4_stream stream) {
   return guarded("flash4_bwd", [&]() -> flash4_status {
-    flash4_status s;
-    if ((s = need(args, "args")) != FLASH4_OK) return s;
     BwdParams p;
-    std::string message;
-    if ((s = validate_bwd(*args, Target::kDevice, &p, &message)) != FLASH4_OK)
-      return fail(s, message);
-    DeviceInfo d;
-    if ((s = query_device(-1, &d)) != FLASH4_OK) return s;
-    p.num_sms = d.num_sms;
-    std::string reason;
-    const flash4_path path = choose_bwd_path(p, args->opt.path, d, &reason);
-    if (path == FLASH4_PATH_NONE) return fail(FLASH4_ERROR_NOT_SUPPORTED, reason);
+    flash4_path path;
+    flash4_status s = prepare_launch(args, validate_bwd, choose_bwd_path, &p, &path);
+    if (s != FLASH4_OK) return s;
     size_t required = 0;
     if (!bwd_workspace_bytes(p, args->q.shape[0], &required))
       return fail(FLASH4_ERROR_INVALID_ARGUMENT,
