@@ -30,6 +30,7 @@
 #   GTEST_FILTER=...      restrict the tests step
 #   SANITIZER_FILTER=...  gtest filter of the memcheck subset
 #   RACECHECK_FILTER=...  gtest filter of the racecheck subset ("" = no racecheck)
+#   SYNCCHECK_FILTER=...  gtest filter of the synccheck subset ("" = no synccheck)
 #   BENCH_ARGS="..."      extra arguments for flash4 bench (e.g. --path portable)
 #   GTEST_ROOT=DIR        prefix of a GoogleTest install when the machine has
 #                         none (default: .devcarry/gtest/usr when it exists;
@@ -70,8 +71,9 @@ QUICK=${QUICK:-0}
 SKIP_TESTS=${SKIP_TESTS:-0}
 SKIP_SANITIZER=${SKIP_SANITIZER:-0}
 SKIP_BENCH=${SKIP_BENCH:-0}
-SANITIZER_FILTER=${SANITIZER_FILTER:-'GpuFwd/GpuFwdBase.*/113x203_*:GpuFwd/GpuFwdVarlen.*:GpuFwd/GpuFwdLayout.*/l*:GpuFwdEmpty.*:GpuFwdInvalid.*:GpuFwdGraph.*'}
+SANITIZER_FILTER=${SANITIZER_FILTER:-'GpuFwd/GpuFwdBase.*/113x203_*:GpuFwd/GpuFwdVarlen.*:GpuFwd/GpuFwdLayout.*/l*:GpuFwdEmpty.*:GpuFwdInvalid.*:GpuFwdGraph.*:GpuFwd/GpuFwdSm90.*/f3*:GpuBwd/GpuBwdBase.*/*113x203*:GpuBwd/GpuBwdVarlen.*:GpuBwd/GpuBwdHeadDim.*/*d40*:GpuBwdEmpty.*'}
 RACECHECK_FILTER=${RACECHECK_FILTER-'GpuFwd/GpuFwdBase.*/113x203_d64:GpuFwd/GpuFwdBase.*/113x203_d128_causal:GpuFwd/GpuFwdVarlen.*/v0_*'}
+SYNCCHECK_FILTER=${SYNCCHECK_FILTER-'GpuFwd/GpuFwdBase.*/bf16_113x203_d*:GpuFwd/GpuFwdSm90.*/f34_*:GpuBwd/GpuBwdBase.*/bf16_113x203_*:GpuBwd/GpuBwdVarlen.*/v1_*:GpuBwd/GpuBwdDeterministic.*/bf16_d64_gqa_1023x1024'}
 BENCH_ARGS=${BENCH_ARGS:-}
 JOBS=$(nproc 2>/dev/null || echo 4)
 [[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
@@ -226,6 +228,9 @@ else
     run_step memcheck "$SAN_LOG" san_gtest memcheck "$SANITIZER_FILTER"
     if [[ -n "$RACECHECK_FILTER" ]]; then
       run_step racecheck "$SAN_LOG" san_gtest racecheck "$RACECHECK_FILTER"
+    fi
+    if [[ -n "$SYNCCHECK_FILTER" ]]; then
+      run_step synccheck "$SAN_LOG" san_gtest synccheck "$SYNCCHECK_FILTER"
     fi
   else
     record FAIL memcheck "(tests not built)"

@@ -360,6 +360,8 @@ std::string check_problem(const flash4_tensor& q, const flash4_tensor& k, const 
   p->batch = int(pr->batch);
   p->seqlen_q = int(pr->seqlen_q);
   p->seqlen_k = int(pr->seqlen_k);
+  p->total_q = pr->varlen ? q.shape[0] : pr->batch * pr->seqlen_q;
+  p->total_k = pr->varlen ? k.shape[0] : pr->batch * pr->seqlen_k;
   p->heads_q = int(pr->heads_q);
   p->heads_kv = int(pr->heads_kv);
   p->headdim = int(pr->headdim);

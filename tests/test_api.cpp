@@ -165,7 +165,7 @@ TEST(Api, FwdWorkspaceIsZero) {
 }
 
 TEST(Api, BwdWorkspaceFollowsThePlannedLayout) {
-  // dq_accum fp32 (B, Hq, round_up(Sq,128), round_up(D,32)) + two fp32
+  // dq_accum fp32 (B, Hq, round_up(Sq,128), round_up(D,64)) + two fp32
   // (B, Hq, round_up(Sq,128)) row arrays (softmax D, LSE in log2).
   for (const Shape& s : {Shape{2, 200, 130, 6, 2, 72}, Shape{1, 128, 1, 4, 4, 64},
                          Shape{3, 1, 9, 8, 1, 256}}) {
@@ -173,7 +173,7 @@ TEST(Api, BwdWorkspaceFollowsThePlannedLayout) {
     size_t bytes = 0;
     ASSERT_EQ(flash4_bwd_workspace_size(&a, &bytes), FLASH4_OK) << flash4_last_error();
     const int64_t rows = s.B * s.Hq * round_up(s.Sq, 128);
-    EXPECT_EQ(bytes, size_t(rows * round_up(s.D, 32) * 4 + 2 * rows * 4));
+    EXPECT_EQ(bytes, size_t(rows * round_up(s.D, 64) * 4 + 2 * rows * 4));
     EXPECT_EQ(flash4::bwd_workspace_size(a), bytes);
   }
   // Varlen: every sequence padded to 128 rows, bounded by total_q + 128 * B.
@@ -195,7 +195,7 @@ TEST(Api, BwdWorkspaceFollowsThePlannedLayout) {
   size_t bytes = 0;
   ASSERT_EQ(flash4_bwd_workspace_size(&a, &bytes), FLASH4_OK) << flash4_last_error();
   const int64_t rows = H * (total_q + 128 * B);
-  EXPECT_EQ(bytes, size_t(rows * round_up(D, 32) * 4 + 2 * rows * 4));
+  EXPECT_EQ(bytes, size_t(rows * round_up(D, 64) * 4 + 2 * rows * 4));
   // Malformed: the validation error, nothing written.
   a.lse.dtype = FLASH4_DTYPE_FP16;
   bytes = 7;

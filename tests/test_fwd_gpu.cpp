@@ -285,32 +285,8 @@ TEST_P(GpuFwdSoftcap, MatchesReference) { run_and_expect_pass(GetParam().p); }
 INSTANTIATE_TEST_SUITE_P(GpuFwd, GpuFwdSoftcap, ::testing::ValuesIn(softcap_cases()), case_name);
 
 // ---- varlen ----------------------------------------------------------------------
-// Lengths in [0, max]; every third sequence (and the last) has no keys, every
-// fourth has no queries (FlashAttention's zero_lengths pattern, plus q).
-void random_lengths(Problem* p, int batch, int max_q, int max_k, bool same, bool seqused, std::mt19937_64& rng) {
-  p->varlen = true;
-  p->batch = batch;
-  p->seqlens_q.resize(batch);
-  p->seqlens_k.resize(batch);
-  std::uniform_int_distribution<int> uq(1, max_q), uk(1, max_k);
-  for (int b = 0; b < batch; ++b) {
-    p->seqlens_q[b] = uq(rng);
-    p->seqlens_k[b] = same ? p->seqlens_q[b] : uk(rng);
-    if (!same) {
-      if (b % 3 == 2 || b == batch - 1) p->seqlens_k[b] = 0;
-      if (b % 4 == 1) p->seqlens_q[b] = 0;
-    } else if (b % 4 == 1) {
-      p->seqlens_q[b] = p->seqlens_k[b] = 0;
-    }
-  }
-  if (seqused) {
-    p->seqused_k.resize(batch);
-    for (int b = 0; b < batch; ++b) {
-      std::uniform_int_distribution<int> uu(0, p->seqlens_k[b]);
-      p->seqused_k[b] = uu(rng);
-    }
-  }
-}
+using h::random_lengths;
+
 std::vector<Case> varlen_cases() {
   std::vector<Case> v;
   std::mt19937_64 rng(h::mix_seed(base_seed(), 0x7a));
@@ -466,6 +442,23 @@ std::vector<Case> forced_cases(flash4_path path) {
     l.layout = d == 64 ? Layout::kPadded : Layout::kPackedQKV; l.batch = 2; l.seqlen_q = l.seqlen_k = 333;
     l.headdim = d; l.heads_q = l.heads_kv = 2;
     add(l, std::string(d == 64 ? "padded" : "packed") + "_d" + std::to_string(d));
+  }
+  // Head dims between the Hopper kernels' (64 / 128 / 256): the next larger
+  // kernel with zero-filled columns (136 and 192: a whole 64-column panel of
+  // the 256 kernel lies past D).
+  for (int d : {8, 40, 96, 136, 192}) {
+    Problem p;
+    p.batch = 2; p.seqlen_q = 239; p.seqlen_k = 517; p.headdim = d; p.heads_q = 4; p.heads_kv = 2;
+    p.causal = d == 96 || d == 192;
+    p.dtype = d == 136 ? FLASH4_DTYPE_FP16 : FLASH4_DTYPE_BF16;
+    add(p, "hd" + std::to_string(d) + (p.causal ? "_causal" : ""));
+  }
+  {
+    Problem q;
+    random_lengths(&q, 5, 300, 300, false, true, rng);
+    q.headdim = 96; q.heads_q = 4; q.heads_kv = 1; q.window_left = 50; q.window_right = 20; q.softcap = 20;
+    q.input_std = 2;
+    add(q, "varlen_window_softcap_d96");
   }
   return seeded(v, 9 + uint64_t(path));
 }

@@ -272,6 +272,32 @@ inline uint64_t mix_seed(uint64_t base, uint64_t index) {
   return z ^ (z >> 31);
 }
 
+// Lengths in [0, max]; every third sequence (and the last) has no keys, every
+// fourth has no queries (FlashAttention's zero_lengths pattern, plus q).
+inline void random_lengths(Problem* p, int batch, int max_q, int max_k, bool same, bool seqused, std::mt19937_64& rng) {
+  p->varlen = true;
+  p->batch = batch;
+  p->seqlens_q.resize(batch);
+  p->seqlens_k.resize(batch);
+  std::uniform_int_distribution<int> uq(1, max_q), uk(1, max_k);
+  for (int b = 0; b < batch; ++b) {
+    p->seqlens_q[b] = uq(rng);
+    p->seqlens_k[b] = same ? p->seqlens_q[b] : uk(rng);
+    if (!same) {
+      if (b % 3 == 2 || b == batch - 1) p->seqlens_k[b] = 0;
+      if (b % 4 == 1) p->seqlens_q[b] = 0;
+    } else if (b % 4 == 1) {
+      p->seqlens_q[b] = p->seqlens_k[b] = 0;
+    }
+  }
+  if (seqused) {
+    p->seqused_k.resize(batch);
+    for (int b = 0; b < batch; ++b) {
+      std::uniform_int_distribution<int> uu(0, p->seqlens_k[b]);
+      p->seqused_k[b] = uu(rng);
+    }
+  }
+}
 // ======================================================================
 // Host case: concrete inputs and their memory layout
 // ======================================================================

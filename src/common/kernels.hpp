@@ -21,9 +21,11 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 
 // ---- backward workspace (every backward path uses this layout) ----------
 // Rows of the query side are padded to 128 per (batch, head):
-//   sq_pad = round_up(Sq, 128) (batched); varlen packs the sequences, each
-//   padded to 128 rows, bounded by total_q + 128 * B.
-//   dq_accum  fp32 rows x Hq x round_up(D, 32)  (offset 0)
+//   sq_pad = round_up(Sq, 128) (batched; varlen: of max_seqlen_q); varlen
+//   packs the sequences per head, sequence b from row cu_seqlens_q[b] + 128 b
+//   with round_up(len, 128) rows, bounded by total_q + 128 * B.
+//   dq_accum  fp32 rows x Hq x round_up(D, 64)  (offset 0; D of the kernel
+//             that runs: head dims between 64 and 128 use the 128 kernel)
 //   lse_log2  fp32 rows x Hq                    (after dq_accum)
 //   dsum      fp32 rows x Hq                    (after lse_log2)
 //   dq_sem    deterministic only (after dsum, at a multiple of 16 bytes):
@@ -35,7 +37,7 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 struct BwdWorkspace {
   uint64_t rows = 0;      // padded query rows over the batch (B * sq_pad batched)
   uint64_t sq_pad = 0;    // batched: round_up(Sq, 128)
-  uint64_t d_pad = 0;     // round_up(D, 32)
+  uint64_t d_pad = 0;     // round_up(D, 64)
   uint64_t dq_accum_offset = 0, lse_log2_offset = 0, dsum_offset = 0;  // bytes
   uint64_t dq_sem_offset = 0, dq_sem_bytes = 0;  // bytes; 0 bytes unless deterministic
   uint64_t total_bytes = 0;
@@ -46,7 +48,7 @@ inline bool bwd_workspace_layout(const BwdParams& p, int64_t total_q, BwdWorkspa
   r.sq_pad = (uint64_t(p.seqlen_q) + 127u) / 128u * 128u;
   r.rows = p.cu_seqlens_q != nullptr ? uint64_t(total_q) + 128u * uint64_t(p.batch)
                                      : uint64_t(p.batch) * r.sq_pad;
-  r.d_pad = (uint64_t(p.headdim) + 31u) / 32u * 32u;
+  r.d_pad = (uint64_t(p.headdim) + 63u) / 64u * 64u;
   uint64_t row_elems = 0, dq_elems = 0, dq_bytes = 0, row_bytes = 0, total = 0;
   if (__builtin_mul_overflow(r.rows, uint64_t(p.heads_q), &row_elems) ||
       __builtin_mul_overflow(row_elems, r.d_pad, &dq_elems) ||

@@ -31,6 +31,10 @@ struct FwdParams {
   int heads_q = 0, heads_kv = 0;
   int headdim = 0;   // actual head dim (multiple of 8, <= 256)
 
+  // Rows of the q / k tensors: varlen total_q / total_k (shape[0]);
+  // batched B * Sq / B * Sk.
+  int64_t total_q = 0, total_k = 0;
+
   const int32_t* cu_seqlens_q = nullptr;  // device, B+1; nullptr: batched
   const int32_t* cu_seqlens_k = nullptr;
   const int32_t* seqused_k = nullptr;     // device, B; nullptr: unused

@@ -100,28 +100,58 @@
 namespace flash4 {
 namespace sm90 {
 
+// Where the query rows of (b, h) live in the workspace arrays (dq_accum,
+// lse_log2, dsum; src/common/kernels.hpp): batched, (b * Hq + h) * sq_pad;
+// varlen, h * ws_rows + cu_seqlens_q[b] + 128 b (sequences packed, each with
+// round_up(len, 128) rows, which never reach the next one).
+struct BwdRowSpace {
+  const int* cu_seqlens_q;  // nullptr: batched
+  int64_t ws_rows;          // varlen: rows per head (total_q + 128 B)
+  int sq_pad;               // batched: rows per (b, h), a multiple of 128
+  int heads_q;
+  int seqlen_q;  // batched Sq / varlen max_seqlen_q
+  // (first packed row, length) of sequence b; the length is clipped to
+  // max_seqlen_q as the forward does.
+  __device__ __forceinline__ int2 seq(int b) const {
+    if (cu_seqlens_q == nullptr) return make_int2(0, seqlen_q);
+    const int start = cu_seqlens_q[b];
+    return make_int2(start, max(0, min(cu_seqlens_q[b + 1] - start, seqlen_q)));
+  }
+  __device__ __forceinline__ int64_t base(int b, int h, int q_start) const {
+    return cu_seqlens_q != nullptr
+               ? static_cast<int64_t>(h) * ws_rows + q_start + 128 * static_cast<int64_t>(b)
+               : (static_cast<int64_t>(b) * heads_q + h) * sq_pad;
+  }
+};
+
 // Main kernel parameters, passed by value as a __grid_constant__.
+// Maps (sm90/tensor_map.hpp): plain 4-D, or ragged 5-D where the flags say.
 struct BwdKernelArgs {
-  CUtensorMap tm_q;   // dims {D, Sq, Hq, B}, box {64, kBlockM, 1, 1}
+  CUtensorMap tm_q;   // {D, Sq, Hq, B}, box {64, kBlockM}; ragged if q_ragged
   CUtensorMap tm_do;  // same as Q
-  CUtensorMap tm_k;   // dims {D, Sk, Hkv, B}, box {64, kBlockN, 1, 1}
+  CUtensorMap tm_k;   // {D, Sk, Hkv, B}, box {64, kBlockN}; ragged if k_ragged
   CUtensorMap tm_v;   // same as K
-  CUtensorMap tm_dk;  // dims {D, Sk, Hkv, B}, box {64, 64, 1, 1} (one consumer's keys)
+  CUtensorMap tm_dk;  // {D, Sk, Hkv, B}, box {64, 64} (one consumer's keys); ragged if ks_ragged
   CUtensorMap tm_dv;  // same as dK
   float* dq_accum;
   const float* lse_log2;
   const float* dsum;
-  int seqlen_q;
-  int seqlen_k;
-  int heads_q;
-  int group;         // Hq / Hkv
+  BwdRowSpace rs;
+  const int* cu_seqlens_k;  // varlen (with rs.cu_seqlens_q)
+  const int* seqused_k;     // nullptr: unused
+  int q_ragged;   // varlen: Q / dO maps are ragged
+  int k_ragged;   // varlen or seqused_k: K / V maps are ragged (len = keys used)
+  int ks_ragged;  // varlen: dK / dV maps are ragged (len = key rows)
+  int seqlen_k;   // batched Sk / varlen max_seqlen_k
+  int group;      // Hq / Hkv
   int heads_kv;
-  int sq_pad;        // rows per (b, h) in the workspace arrays (multiple of 128)
-  int num_m_blocks;  // ceil(Sq / kBlockM)
+  int window_left;   // kLocal kernels: -1 unbounded, else >= 0
+  int window_right;  // kLocal kernels: -1 unbounded, else >= 0
   int num_n_blocks;  // ceil(Sk / kBlockN)
   int num_hb;        // Hkv * B
   int hb_per_section;  // causal CTA order: (b, h_kv) pairs per L2 section
-  float scale_log2;  // softmax_scale * log2(e)
+  float scale_log2;  // exp2 multiplier: softmax_scale * log2(e), or softcap * log2(e)
+  float softcap_pre;  // kSoftcap kernels: 2 * log2(e) * softmax_scale / softcap
   float softmax_scale;
   // Deterministic mode only (nullptr otherwise): see the file comment.
   int* dq_sem;     // the semaphores (dq_sem region + 4 words)
@@ -138,27 +168,32 @@ struct BwdPrepArgs {
   float* dq_accum;
   float* lse_log2;
   float* dsum;
-  int seqlen_q;
-  int heads_q;
-  int sq_pad;
+  BwdRowSpace rs;
+  int headdim;  // real head dim (<= the kernel's)
 };
 
 struct BwdPostArgs {
   const float* dq_accum;
   void* dq;
   int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
-  int seqlen_q;
-  int heads_q;
-  int sq_pad;
+  BwdRowSpace rs;
+  int headdim;  // real head dim (<= the kernel's)
   float softmax_scale;
 };
 
-template <int kHeadDim_, typename Elem_, bool kCausal_, bool kDeterministic_ = false>
+// kCausal: bottom-right causal mask (compile-time right edge 0).
+// kLocal: a sliding window, runtime left / right (causal + left window too).
+// kSoftcap: scores pass through softcap * tanh(scale * s / softcap).
+template <int kHeadDim_, typename Elem_, bool kCausal_, bool kDeterministic_ = false,
+          bool kLocal_ = false, bool kSoftcap_ = false>
 struct BwdConfig {
   using Elem = Elem_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
   static constexpr bool kDeterministic = kDeterministic_;
+  static constexpr bool kLocal = kLocal_;
+  static constexpr bool kSoftcap = kSoftcap_;
+  static_assert(!(kCausal && kLocal), "a causal window is a kLocal kernel with right = 0");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
 
   static constexpr int kBlockN = 128;              // keys per CTA: 2 consumers x 64
@@ -206,17 +241,58 @@ enum BwdNamedBarrier : int {
   kBwdBarEpi = 4,  // both consumers finished every wgmma (256 threads)
 };
 
-// First query block whose rows see any key of key block n_block.
-template <bool kCausal, int kBM, int kBN>
-__device__ __forceinline__ int bwd_m_begin(int n_block, int Sq, int Sk, int num_m_blocks) {
-  if constexpr (!kCausal) {
-    return 0;
-  } else {
-    // Query i sees key j iff i >= j - (Sk - Sq).
-    const int64_t i_min = static_cast<int64_t>(n_block) * kBN - (static_cast<int64_t>(Sk) - Sq);
-    const int64_t m = i_min <= 0 ? 0 : i_min / kBM;
-    return m < num_m_blocks ? static_cast<int>(m) : num_m_blocks;
+// One sequence of the batch: lengths and TMA coordinates (ragged maps:
+// row coordinate L - len + pos, 5th coordinate start + len; tensor_map.hpp).
+struct BwdSeq {
+  int sq;        // queries
+  int sk;        // keys used (seqused_k applied): the mask's Sk
+  int sk_rows;   // key rows stored: dK / dV are written for all of them
+  int q_start;   // first packed query row (varlen), else 0
+  int q_row, q_ext;    // Q / dO (ragged)
+  int k_row, k_ext;    // K / V loads (ragged, len = sk: unused keys read as 0)
+  int ks_row, ks_ext;  // dK / dV stores (ragged, len = sk_rows)
+  int mb;              // batch coordinate of the maps (0 for varlen maps)
+};
+__device__ __forceinline__ BwdSeq bwd_seq(const BwdKernelArgs& a, int b) {
+  BwdSeq s;
+  const int2 q = a.rs.seq(b);
+  s.q_start = q.x;
+  s.sq = q.y;
+  s.sk_rows = a.seqlen_k;
+  s.mb = b;
+  int k_start = 0;
+  if (a.rs.cu_seqlens_q != nullptr) {
+    k_start = a.cu_seqlens_k[b];
+    s.sk_rows = max(0, min(a.cu_seqlens_k[b + 1] - k_start, a.seqlen_k));
+    s.mb = 0;
   }
+  s.sk = s.sk_rows;
+  if (a.seqused_k != nullptr) s.sk = max(0, min(s.sk, a.seqused_k[b]));
+  s.q_row = a.rs.seqlen_q - s.sq;
+  s.q_ext = s.q_start + s.sq;
+  s.k_row = a.seqlen_k - s.sk;
+  s.k_ext = k_start + s.sk;
+  s.ks_row = a.seqlen_k - s.sk_rows;
+  s.ks_ext = k_start + s.sk_rows;
+  return s;
+}
+
+// Query blocks [x, y) whose rows see a key of key block n_block. Key j is
+// visible to query i iff j < sk, j <= i + off + right (right >= 0) and
+// j >= i + off - left (left >= 0), off = sk - sq. The rows that see some key
+// of [j0, j1] are exactly [j0 - off - right, j1 - off + left] within
+// [0, sq), so the range is exact: the deterministic mode relies on it.
+template <int kBM, int kBN>
+__device__ __forceinline__ int2 bwd_m_range(int n_block, int sq, int sk, int left, int right) {
+  const int64_t j0 = static_cast<int64_t>(n_block) * kBN;
+  if (j0 >= sk || sq <= 0) return make_int2(0, 0);
+  const int64_t j1 = min(j0 + kBN, static_cast<int64_t>(sk)) - 1;
+  const int64_t off = static_cast<int64_t>(sk) - sq;
+  int64_t i_lo = 0, i_hi = sq - 1;
+  if (right >= 0) i_lo = max(i_lo, j0 - off - right);
+  if (left >= 0) i_hi = min(i_hi, j1 - off + left);
+  if (i_lo > i_hi) return make_int2(0, 0);
+  return make_int2(static_cast<int>(i_lo / kBM), static_cast<int>(i_hi / kBM) + 1);
 }
 
 template <class C>
@@ -277,23 +353,29 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   }
   const int b = hb / args.heads_kv;
   const int h_kv = hb - b * args.heads_kv;
-  const int Sq = args.seqlen_q;
-  const int Sk = args.seqlen_k;
-  const int m_begin = bwd_m_begin<C::kCausal, kBM, kBN>(n_block, Sq, Sk, args.num_m_blocks);
-  const int nm = args.num_m_blocks - m_begin;  // query blocks per head
+  const BwdSeq sqi = bwd_seq(args, b);
+  // Varlen: a key block past this sequence's rows has nothing to write
+  // (uniform over the CTA; no barrier has been initialised yet).
+  if (n_block * kBN >= sqi.sk_rows) return;
+  const int Sq = sqi.sq;
+  const int Sk = sqi.sk;
+  // Mask edges (-1: unbounded); compile-time for the causal and plain kernels.
+  const int right = C::kCausal ? 0 : (C::kLocal ? args.window_right : -1);
+  const int left = C::kLocal ? args.window_left : -1;
+  const int2 m_range = bwd_m_range<kBM, kBN>(n_block, Sq, Sk, left, right);
+  const int m_begin = m_range.x;
+  const int nm = m_range.y - m_range.x;  // query blocks per head
   const int n_iters = nm * args.group;
   // (query head, query block) of iteration it.
   auto iter_hm = [&](int it) -> int2 {
     if constexpr (C::kDeterministic && C::kCausal)  // m descending, head fastest
-      return make_int2(h_kv * args.group + it % args.group,
-                       args.num_m_blocks - 1 - it / args.group);
+      return make_int2(h_kv * args.group + it % args.group, m_range.y - 1 - it / args.group);
     else
       return make_int2(h_kv * args.group + it / nm, m_begin + it % nm);
   };
   // Workspace row offset of (b, h, query block m).
   auto row_offset = [&](int h, int m) -> int64_t {
-    return (static_cast<int64_t>(b) * args.heads_q + h) * args.sq_pad +
-           static_cast<int64_t>(m) * kBM;
+    return args.rs.base(b, h, sqi.q_start) + static_cast<int64_t>(m) * kBM;
   };
 
   if (tid == 0) {
@@ -318,8 +400,17 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       mbar_arrive_expect_tx(kv_full, 2 * C::kKBytes);
 #pragma unroll
       for (int p = 0; p < C::kPanels; ++p) {
-        tma_load_4d(sK + p * C::kPanelBytesN, &args.tm_k, kv_full, p * 64, n_block * kBN, h_kv, b);
-        tma_load_4d(sV + p * C::kPanelBytesN, &args.tm_v, kv_full, p * 64, n_block * kBN, h_kv, b);
+        if (args.k_ragged) {
+          tma_load_5d(sK + p * C::kPanelBytesN, &args.tm_k, kv_full, p * 64,
+                      sqi.k_row + n_block * kBN, h_kv, sqi.mb, sqi.k_ext);
+          tma_load_5d(sV + p * C::kPanelBytesN, &args.tm_v, kv_full, p * 64,
+                      sqi.k_row + n_block * kBN, h_kv, sqi.mb, sqi.k_ext);
+        } else {
+          tma_load_4d(sK + p * C::kPanelBytesN, &args.tm_k, kv_full, p * 64, n_block * kBN, h_kv,
+                      b);
+          tma_load_4d(sV + p * C::kPanelBytesN, &args.tm_v, kv_full, p * 64, n_block * kBN, h_kv,
+                      b);
+        }
       }
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
@@ -331,10 +422,17 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         mbar_arrive_expect_tx(&full[s], 2 * C::kQBytes + 2 * C::kRowBytes);
 #pragma unroll
         for (int p = 0; p < C::kPanels; ++p) {
-          tma_load_4d(sQ + s * C::kQBytes + p * C::kPanelBytesM, &args.tm_q, &full[s], p * 64,
-                      m * kBM, h, b);
-          tma_load_4d(sDO + s * C::kQBytes + p * C::kPanelBytesM, &args.tm_do, &full[s], p * 64,
-                      m * kBM, h, b);
+          uint8_t* dq_dst = sQ + s * C::kQBytes + p * C::kPanelBytesM;
+          uint8_t* ddo_dst = sDO + s * C::kQBytes + p * C::kPanelBytesM;
+          if (args.q_ragged) {
+            tma_load_5d(dq_dst, &args.tm_q, &full[s], p * 64, sqi.q_row + m * kBM, h, sqi.mb,
+                        sqi.q_ext);
+            tma_load_5d(ddo_dst, &args.tm_do, &full[s], p * 64, sqi.q_row + m * kBM, h, sqi.mb,
+                        sqi.q_ext);
+          } else {
+            tma_load_4d(dq_dst, &args.tm_q, &full[s], p * 64, m * kBM, h, b);
+            tma_load_4d(ddo_dst, &args.tm_do, &full[s], p * 64, m * kBM, h, b);
+          }
         }
         const int64_t ro = row_offset(h, m);
         bulk_load_1d(sLse + s * kBM, args.lse_log2 + ro, C::kRowBytes, &full[s]);
@@ -352,7 +450,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const int quad = lane % 4;
   const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
   const int key0 = n_block * kBN + 64 * cw + row0;
-  const int shift = Sk - Sq;  // causal: key j visible to query i iff j <= i + shift
+  const int shift = Sk - Sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
   const float c2 = args.scale_log2;
   const bool key_tail = static_cast<int64_t>(n_block + 1) * kBN > Sk;
 
@@ -363,10 +461,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const uint32_t ds_base = smem_u32(sDS);
   float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
   // Deterministic: semaphore of this consumer's piece of (h, m).
-  auto dq_sem_of = [&](int h, int m) -> int* {
-    return args.dq_sem + (static_cast<int64_t>(b) * args.heads_q + h) * (args.sq_pad / 32) +
-           2 * m + cw;
-  };
+  auto dq_sem_of = [&](int h, int m) -> int* { return args.dq_sem + row_offset(h, m) / 32 + cw; };
 
   float dv[kNK];
   float dk[kNK];
@@ -414,47 +509,82 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
     issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
 
-    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf
+    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
+    // Only tiles that cross the key tail or a mask edge test elements.
     bool need_mask = key_tail;
-    if constexpr (C::kCausal)
-      need_mask = need_mask || static_cast<int64_t>(q0) + shift < static_cast<int64_t>(n_block) * kBN + kBN - 1;
+    {
+      const int64_t j_first = static_cast<int64_t>(n_block) * kBN;
+      const int64_t d_max = j_first + kBN - 1 - q0 - shift;  // largest j - (i + shift)
+      const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
+      if (right >= 0) need_mask = need_mask || d_max > right;
+      if (left >= 0) need_mask = need_mask || d_min < -left;
+    }
     const float* lse_s = sLse + s * kBM;
     const float* dsum_s = sDsum + s * kBM;
-    wgmma_wait_group<1>();
-    reg_fence_array(s_acc);
+    // Element (c, hh, e): key key0 + 8 hh, query q0 + 8 c + 2 quad + e.
+    auto masked = [&](int c, int hh, int e) -> bool {
+      const int key = key0 + 8 * hh;
+      const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
+      bool m = key >= Sk;
+      if (right >= 0) m = m || d > right;
+      if (left >= 0) m = m || d < -left;
+      return m;
+    };
+    if constexpr (C::kSoftcap) {
+      // t = tanh(scale s / cap); P = exp2(cap log2(e) t - lse); the softcap's
+      // derivative multiplies dS: dS^T = P^T (dP^T - D) (1 - t^2). Both
+      // accumulators first (t is needed with dP; no registers to keep it).
+      const float pre = args.softcap_pre;
+      wgmma_wait_group<0>();
+      reg_fence_array(s_acc);
+      reg_fence_array(dp_acc);
 #pragma unroll
-    for (int c = 0; c < kBM / 8; ++c) {
-      const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+      for (int c = 0; c < kBM / 8; ++c) {
+        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
-        float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
-        if (need_mask) {
-          const int key = key0 + 8 * hh;
-          const int qi = q0 + 8 * c + 2 * quad;
-          bool m0 = key >= Sk, m1 = key >= Sk;
-          if constexpr (C::kCausal) {
-            // masked iff key > query + shift
-            m0 = m0 || static_cast<int64_t>(key) > static_cast<int64_t>(qi) + shift;
-            m1 = m1 || static_cast<int64_t>(key) > static_cast<int64_t>(qi) + 1 + shift;
+        for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int i = 4 * c + 2 * hh + e;
+            const float t = softcap_tanh(s_acc[i], pre);
+            float x = fmaf(t, c2, -(e ? l.y : l.x));
+            if (need_mask && masked(c, hh, e)) x = -INFINITY;
+            const float pv = ex2_approx(x);
+            s_acc[i] = pv;
+            dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
           }
-          if (m0) x0 = -INFINITY;
-          if (m1) x1 = -INFINITY;
-        }
-        s_acc[4 * c + 2 * hh] = ex2_approx(x0);
-        s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
       }
-    }
-    // ---- dS^T = P^T * (dP^T - D[query])
-    wgmma_wait_group<0>();
-    reg_fence_array(dp_acc);
+    } else {
+      wgmma_wait_group<1>();
+      reg_fence_array(s_acc);
 #pragma unroll
-    for (int c = 0; c < kBM / 8; ++c) {
-      const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+      for (int c = 0; c < kBM / 8; ++c) {
+        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
-        dp_acc[4 * c + 2 * hh + 1] = s_acc[4 * c + 2 * hh + 1] * (dp_acc[4 * c + 2 * hh + 1] - dd.y);
+        for (int hh = 0; hh < 2; ++hh) {
+          float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
+          float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
+          if (need_mask) {
+            if (masked(c, hh, 0)) x0 = -INFINITY;
+            if (masked(c, hh, 1)) x1 = -INFINITY;
+          }
+          s_acc[4 * c + 2 * hh] = ex2_approx(x0);
+          s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
+        }
+      }
+      // ---- dS^T = P^T * (dP^T - D[query])
+      wgmma_wait_group<0>();
+      reg_fence_array(dp_acc);
+#pragma unroll
+      for (int c = 0; c < kBM / 8; ++c) {
+        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
+          dp_acc[4 * c + 2 * hh + 1] =
+              s_acc[4 * c + 2 * hh + 1] * (dp_acc[4 * c + 2 * hh + 1] - dd.y);
+        }
       }
     }
 #pragma unroll
@@ -538,7 +668,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       // Deterministic: the semaphore of piece (b, h, m, cw); wait for key
       // blocks 0 .. n_block-1 (file comment, "Deterministic mode").
       if constexpr (C::kDeterministic) {
-        sem_wait_eq(dq_sem_of(h, m), n_block);
+        // The key blocks adding into (h, m) are n_first .. (contiguous; see
+        // bwd_m_range): this one goes after n_block - n_first of them.
+        const int n_first =
+            left >= 0 ? static_cast<int>(max(int64_t(0), static_cast<int64_t>(m) * kBM + shift - left) / kBN)
+                      : 0;
+        sem_wait_eq(dq_sem_of(h, m), n_block - n_first);
         fence_proxy_async_global();  // the acquire orders the bulk add below
       }
       bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats, sDQ_mine,
@@ -578,13 +713,20 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   named_bar_sync(kBwdBarWG0 + cw, 128);
   if (wthr == 0) {
     const int key_start = n_block * kBN + 64 * cw;
-    if (key_start < Sk) {
+    if (key_start < sqi.sk_rows) {  // keys in [sk, sk_rows) get their zero gradients
 #pragma unroll
       for (int p = 0; p < C::kPanels; ++p) {
-        tma_store_4d(&args.tm_dk, sK + p * C::kPanelBytesN + 64 * cw * 128, p * 64, key_start,
-                     h_kv, b);
-        tma_store_4d(&args.tm_dv, sV + p * C::kPanelBytesN + 64 * cw * 128, p * 64, key_start,
-                     h_kv, b);
+        const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
+        const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
+        if (args.ks_ragged) {
+          tma_store_5d(&args.tm_dk, dk_src, p * 64, sqi.ks_row + key_start, h_kv, sqi.mb,
+                       sqi.ks_ext);
+          tma_store_5d(&args.tm_dv, dv_src, p * 64, sqi.ks_row + key_start, h_kv, sqi.mb,
+                       sqi.ks_ext);
+        } else {
+          tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
+          tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
+        }
       }
       tma_store_commit();
     }
@@ -605,6 +747,8 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
+// One CTA per 64 padded rows of (b, h): rows [row0, row0 + 64) of the
+// sequence's round_up(Sq, 128) workspace rows (varlen: CTAs past them exit).
 // Deterministic: dq_sem_region is the workspace's dq_sem region (word 0 the
 // CTA ticket counter, the semaphores from word 4), zeroed here; else unused
 // (a separate parameter: a larger BwdPrepArgs changes the plain kernel's code).
@@ -618,35 +762,38 @@ __global__ void __launch_bounds__(256)
   const int h = static_cast<int>(blockIdx.y);
   const int b = static_cast<int>(blockIdx.z);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;
-  const int64_t bh = static_cast<int64_t>(b) * a.heads_q + h;
+  const int2 sq = a.rs.seq(b);  // (first packed row, length)
+  if (row0 >= (sq.y + 127) / 128 * 128) return;
+  const int64_t base = a.rs.base(b, h, sq.x);
   const int part = threadIdx.x % kTPR;
+  const bool part_in = part * 8 < a.headdim;  // head dims below the kernel's
   for (int r = threadIdx.x / kTPR; r < kRows; r += kRowsPerPass) {
     const int i = row0 + r;
+    const int64_t row = static_cast<int64_t>(sq.x) + i;  // packed row (varlen) or position
     float acc = 0.f;
-    if (i < a.seqlen_q) {
+    if (i < sq.y && part_in) {
       const uint4 o = *reinterpret_cast<const uint4*>(
-          static_cast<const T*>(a.out) + b * a.o_batch_stride + i * a.o_row_stride +
+          static_cast<const T*>(a.out) + b * a.o_batch_stride + row * a.o_row_stride +
           h * a.o_head_stride + part * 8);
       const uint4 d = *reinterpret_cast<const uint4*>(
-          static_cast<const T*>(a.dout) + b * a.do_batch_stride + i * a.do_row_stride +
+          static_cast<const T*>(a.dout) + b * a.do_batch_stride + row * a.do_row_stride +
           h * a.do_head_stride + part * 8);
       acc = dot8<T, kD>(o, d);
     }
 #pragma unroll
     for (int off = kTPR / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (part == 0) {
-      const int64_t w = bh * a.sq_pad + i;
+      const int64_t w = base + i;
       a.dsum[w] = acc;
-      const float l = i < a.seqlen_q ? a.lse[b * a.lse_batch_stride + h * a.lse_head_stride + i]
-                                     : -INFINITY;
+      const float l =
+          i < sq.y ? a.lse[b * a.lse_batch_stride + h * a.lse_head_stride + row] : -INFINITY;
       a.lse_log2[w] = l == -INFINITY ? INFINITY : l * 1.4426950408889634f;
     }
   }
-  float4* z = reinterpret_cast<float4*>(a.dq_accum + (bh * a.sq_pad + row0) * kD);
+  float4* z = reinterpret_cast<float4*>(a.dq_accum + (base + row0) * kD);
   for (int e = threadIdx.x; e < kRows * kD / 4; e += 256) z[e] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if constexpr (kDeterministic) {  // this block's 2 semaphores (and the ticket)
-    if (threadIdx.x < 2)
-      dq_sem_region[4 + bh * (a.sq_pad / 32) + 2 * blockIdx.x + threadIdx.x] = 0;
+  if constexpr (kDeterministic) {  // the semaphores of these rows' pieces (and the ticket)
+    if (threadIdx.x < 2) dq_sem_region[4 + (base + row0) / 32 + threadIdx.x] = 0;
     if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
       dq_sem_region[0] = 0;
   } else {
@@ -665,8 +812,9 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
   const int m = static_cast<int>(blockIdx.x);
   const int h = static_cast<int>(blockIdx.y);
   const int b = static_cast<int>(blockIdx.z);
-  const int64_t bh = static_cast<int64_t>(b) * a.heads_q + h;
-  const float* chunk = a.dq_accum + (bh * a.sq_pad + static_cast<int64_t>(m) * kBM) * kD;
+  const int2 sq = a.rs.seq(b);
+  if (m * kBM >= sq.y) return;  // varlen: past this sequence
+  const float* chunk = a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kBM) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
     const int w = e >> 12, i = (e >> 7) & 31, t = e & 127;
     const int warp = t >> 5, ln = t & 31;
@@ -678,10 +826,11 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
   }
   __syncthreads();
   const float sc = a.softmax_scale;
+  const int groups = a.headdim / 8;  // 16-byte groups of a real row
   for (int e = threadIdx.x; e < kBM * (kD / 8); e += 256) {
     const int row = e / (kD / 8), cg = e % (kD / 8);
     const int i = m * kBM + row;
-    if (i >= a.seqlen_q) continue;
+    if (i >= sq.y || cg >= groups) continue;
     const float4 lo = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8]);
     const float4 hi = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8 + 4]);
     uint4 v;
@@ -689,8 +838,9 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
     v.y = pack2<T>(lo.z * sc, lo.w * sc);
     v.z = pack2<T>(hi.x * sc, hi.y * sc);
     v.w = pack2<T>(hi.z * sc, hi.w * sc);
-    *reinterpret_cast<uint4*>(static_cast<T*>(a.dq) + b * a.dq_batch_stride + i * a.dq_row_stride +
-                              h * a.dq_head_stride + cg * 8) = v;
+    const int64_t grow = static_cast<int64_t>(sq.x) + i;
+    *reinterpret_cast<uint4*>(static_cast<T*>(a.dq) + b * a.dq_batch_stride +
+                              grow * a.dq_row_stride + h * a.dq_head_stride + cg * 8) = v;
   }
 }
 

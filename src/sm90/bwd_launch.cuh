@@ -8,6 +8,9 @@
 namespace flash4 {
 namespace sm90 {
 
+// Mask family of a call (the main kernel's template flags).
+enum class BwdMask : int { kNone = 0, kCausal = 1, kLocal = 2 };
+
 // Everything a backward launch needs; filled by sm90_bwd_run (bwd_sm90.cu).
 struct BwdLaunch {
   BwdKernelArgs main;
@@ -16,9 +19,11 @@ struct BwdLaunch {
   int batch = 0;
   int heads_q = 0;
   int heads_kv = 0;
-  int n_blocks = 0;   // ceil(Sk / 128): main-kernel CTAs per (b, h_kv)
+  int n_blocks = 0;     // ceil(Sk / 128): main-kernel CTAs per (b, h_kv)
   int prep_blocks = 0;  // sq_pad / 64
   int post_blocks = 0;  // ceil(Sq / kBlockM)
+  BwdMask mask = BwdMask::kNone;
+  bool softcap = false;
   // Deterministic mode (main.dq_sem / dq_ticket and dq_sem_region set);
   // only with prep_blocks > 0, as the preprocess zeroes the region.
   bool deterministic = false;
@@ -29,6 +34,10 @@ template <int kD>
 constexpr int bwd_block_m() {
   return BwdConfig<kD, __nv_bfloat16, false>::kBlockM;
 }
+
+// The kernel head dim that runs head dim d (8..128, multiple of 8): maps are
+// d columns wide, TMA zero-fills the rest (sm90/tensor_map.hpp).
+inline int bwd_kernel_headdim(int d) { return d <= 64 ? 64 : 128; }
 
 template <class C>
 cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
@@ -46,9 +55,21 @@ cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, l.main);
 }
 
+template <int kD, typename T, bool kDeterministic, bool kSoftcap>
+cudaError_t launch_bwd_main_masked(const BwdLaunch& l, cudaStream_t stream) {
+  switch (l.mask) {
+    case BwdMask::kCausal:
+      return launch_bwd_main<BwdConfig<kD, T, true, kDeterministic, false, kSoftcap>>(l, stream);
+    case BwdMask::kLocal:
+      return launch_bwd_main<BwdConfig<kD, T, false, kDeterministic, true, kSoftcap>>(l, stream);
+    default:
+      return launch_bwd_main<BwdConfig<kD, T, false, kDeterministic, false, kSoftcap>>(l, stream);
+  }
+}
+
 // Preprocess -> main -> postprocess, each skipped when it has nothing to do
 // (Sq == 0: no query rows; Sk == 0: no key blocks, dq comes out zero).
-template <int kD, typename T, bool kCausal, bool kDeterministic>
+template <int kD, typename T, bool kDeterministic>
 cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   if (l.prep_blocks > 0) {
     bwd_preprocess_kernel<T, kD, kDeterministic>
@@ -59,7 +80,8 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (l.n_blocks > 0) {
-    const cudaError_t e = launch_bwd_main<BwdConfig<kD, T, kCausal, kDeterministic>>(l, stream);
+    const cudaError_t e = l.softcap ? launch_bwd_main_masked<kD, T, kDeterministic, true>(l, stream)
+                                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
     if (e != cudaSuccess) return e;
   }
   if (l.post_blocks > 0) {
@@ -74,21 +96,18 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
 }
 
 template <int kD, bool kDeterministic>
-cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream) {
-  if (bf16)
-    return causal ? launch_bwd<kD, __nv_bfloat16, true, kDeterministic>(l, stream)
-                  : launch_bwd<kD, __nv_bfloat16, false, kDeterministic>(l, stream);
-  return causal ? launch_bwd<kD, __half, true, kDeterministic>(l, stream)
-                : launch_bwd<kD, __half, false, kDeterministic>(l, stream);
+cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, cudaStream_t stream) {
+  return bf16 ? launch_bwd<kD, __nv_bfloat16, kDeterministic>(l, stream)
+              : launch_bwd<kD, __half, kDeterministic>(l, stream);
 }
 
 // Defined in bwd_sm90_hdim64.cu / bwd_sm90_hdim128.cu (every mode; the
 // deterministic kernels come from the *_det.cu files, compiled apart).
-cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
-cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, cudaStream_t stream);
+cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 // Defined in bwd_sm90_hdim64_det.cu / bwd_sm90_hdim128_det.cu.
-cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
-cudaError_t bwd_run_hdim128_det(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream);
+cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);
+cudaError_t bwd_run_hdim128_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 
 }  // namespace sm90
 }  // namespace flash4

@@ -1,11 +1,11 @@
-// Hopper backward, head dim 64, deterministic dQ order (see
-// bwd_kernel.cuh): bf16/fp16 x causal/non-causal.
+// Hopper backward, head dim 64, deterministic dQ order (see bwd_kernel.cuh):
+// bf16/fp16 x {no mask, causal, window} x softcap.
 #include "sm90/bwd_launch.cuh"
 
 namespace flash4 {
 namespace sm90 {
-cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, bool causal, cudaStream_t stream) {
-  return launch_bwd_shipped<64, true>(l, bf16, causal, stream);
+cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, cudaStream_t stream) {
+  return launch_bwd_shipped<64, true>(l, bf16, stream);
 }
 }  // namespace sm90
 }  // namespace flash4

@@ -39,6 +39,10 @@ using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ tru
                                    /*pingpong*/ kD != 256, /*rescale threshold*/ 0,
                                    /*exp2 emulation*/ 0, kConsumers, kSoftcap>;
 
+// The kernel head dim that runs head dim d (8..256, multiple of 8): the
+// next instantiated one; its maps are d columns wide (sm90/tensor_map.hpp).
+inline int fwd_kernel_headdim(int d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 256); }
+
 // K/V rows per block of the shipped configurations (the K/V maps' box rows).
 inline int fwd_block_n(int headdim) { return headdim == 256 ? 80 : 128; }
 
