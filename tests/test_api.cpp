@@ -194,7 +194,7 @@ TEST(Api, BwdWorkspaceFollowsThePlannedLayout) {
                                    200, 250);
   size_t bytes = 0;
   ASSERT_EQ(flash4_bwd_workspace_size(&a, &bytes), FLASH4_OK) << flash4_last_error();
-  const int64_t rows = H * (total_q + 128 * B);
+  const int64_t rows = H * round_up(total_q + 132 * B, 4);
   EXPECT_EQ(bytes, size_t(rows * round_up(D, 64) * 4 + 2 * rows * 4));
   // Malformed: the validation error, nothing written.
   a.lse.dtype = FLASH4_DTYPE_FP16;

@@ -22,8 +22,10 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 // ---- backward workspace (every backward path uses this layout) ----------
 // Rows of the query side are padded to 128 per (batch, head):
 //   sq_pad = round_up(Sq, 128) (batched; varlen: of max_seqlen_q); varlen
-//   packs the sequences per head, sequence b from row cu_seqlens_q[b] + 128 b
-//   with round_up(len, 128) rows, bounded by total_q + 128 * B.
+//   packs the sequences per head, sequence b from row
+//   round_up(cu_seqlens_q[b], 4) + 132 b (a multiple of 4: 16-byte aligned
+//   rows of the fp32 row arrays, which the kernel bulk-copies) with
+//   round_up(len, 128) rows, so rows = round_up(total_q + 132 * B, 4).
 //   dq_accum  fp32 rows x Hq x round_up(D, 64)  (offset 0; D of the kernel
 //             that runs: head dims between 64 and 128 use the 128 kernel)
 //   lse_log2  fp32 rows x Hq                    (after dq_accum)
@@ -46,7 +48,7 @@ struct BwdWorkspace {
 inline bool bwd_workspace_layout(const BwdParams& p, int64_t total_q, BwdWorkspace* w) {
   BwdWorkspace r;
   r.sq_pad = (uint64_t(p.seqlen_q) + 127u) / 128u * 128u;
-  r.rows = p.cu_seqlens_q != nullptr ? uint64_t(total_q) + 128u * uint64_t(p.batch)
+  r.rows = p.cu_seqlens_q != nullptr ? (uint64_t(total_q) + 132u * uint64_t(p.batch) + 3u) / 4u * 4u
                                      : uint64_t(p.batch) * r.sq_pad;
   r.d_pad = (uint64_t(p.headdim) + 63u) / 64u * 64u;
   uint64_t row_elems = 0, dq_elems = 0, dq_bytes = 0, row_bytes = 0, total = 0;

@@ -102,11 +102,13 @@ namespace sm90 {
 
 // Where the query rows of (b, h) live in the workspace arrays (dq_accum,
 // lse_log2, dsum; src/common/kernels.hpp): batched, (b * Hq + h) * sq_pad;
-// varlen, h * ws_rows + cu_seqlens_q[b] + 128 b (sequences packed, each with
-// round_up(len, 128) rows, which never reach the next one).
+// varlen, h * ws_rows + round_up(cu_seqlens_q[b], 4) + 132 b (sequences
+// packed, each with round_up(len, 128) rows, which never reach the next one:
+// the next starts at least len + 129 rows later). Always a multiple of 4, so
+// the fp32 row arrays' bulk copies start 16-byte aligned.
 struct BwdRowSpace {
   const int* cu_seqlens_q;  // nullptr: batched
-  int64_t ws_rows;          // varlen: rows per head (total_q + 128 B)
+  int64_t ws_rows;          // varlen: rows per head, round_up(total_q + 132 B, 4)
   int sq_pad;               // batched: rows per (b, h), a multiple of 128
   int heads_q;
   int seqlen_q;  // batched Sq / varlen max_seqlen_q
@@ -119,7 +121,8 @@ struct BwdRowSpace {
   }
   __device__ __forceinline__ int64_t base(int b, int h, int q_start) const {
     return cu_seqlens_q != nullptr
-               ? static_cast<int64_t>(h) * ws_rows + q_start + 128 * static_cast<int64_t>(b)
+               ? static_cast<int64_t>(h) * ws_rows + ((static_cast<int64_t>(q_start) + 3) & ~int64_t(3)) +
+                     132 * static_cast<int64_t>(b)
                : (static_cast<int64_t>(b) * heads_q + h) * sq_pad;
   }
 };
