@@ -14,6 +14,7 @@
 //   GpuFwdVarlen       varlen with zero-length q/k sequences, seqused_k
 //   GpuFwdLayout       packed qkv, head-major and padded strides
 //   GpuFwdOptions      custom softmax_scale, no LSE, Sk = 0, batched seqused_k
+//   GpuFwdExp2Emulation  exp2_emulation = 1 (FA4's software exp2 on 1/4 of the exponentials)
 //   GpuFwdPortable     a mixed grid forced onto the portable path
 //   GpuFwdSm90         the same grid forced onto the Hopper path (skipped where
 //                      flash4_fwd_supported says it cannot run there)
@@ -400,6 +401,45 @@ std::vector<Case> option_cases() {
 class GpuFwdOptions : public GpuFwdSweep {};
 TEST_P(GpuFwdOptions, MatchesReference) { run_and_expect_pass(GetParam().p); }
 INSTANTIATE_TEST_SUITE_P(GpuFwd, GpuFwdOptions, ::testing::ValuesIn(option_cases()), case_name);
+
+// ---- FA4 software exp2 (exp2_emulation = 1) ---------------------------------------------
+// The Hopper kernels with 1/4 of the exponentials on the FMA pipe (head dims <= 128, no
+// softcap); elsewhere the call runs on the portable path (hardware exp2), which must be
+// just as accurate.
+std::vector<Case> exp2_cases() {
+  std::vector<Case> v;
+  const int shapes[][2] = {{1, 1}, {113, 203}, {1023, 1024}, {2048, 2048}};
+  int n = 0;
+  for (auto& s : shapes)
+    for (int d : {64, 96, 128})
+      for (int causal = 0; causal < 2; ++causal) {
+        Case c;
+        Problem& p = c.p;
+        p.seqlen_q = s[0]; p.seqlen_k = s[1]; p.headdim = d; p.causal = causal; p.exp2_emulation = 1;
+        const bool big = s[0] >= 1000;
+        p.batch = big ? 1 : 2; p.heads_q = big ? 2 : 4; p.heads_kv = big ? 1 : 2;
+        p.dtype = (n++ % 2) ? FLASH4_DTYPE_FP16 : FLASH4_DTYPE_BF16;
+        p.input_std = causal ? 3.0 : 1.0;  // large scores: exponents far from 0
+        c.name = dname(p.dtype) + "_" + std::to_string(s[0]) + "x" + std::to_string(s[1]) + "_d" +
+                 std::to_string(d) + (causal ? "_causal" : "");
+        v.push_back(c);
+      }
+  Case c;  // windows and varlen through the emulated kernels; softcap falls back
+  c.name = "window_varlen_d128";
+  std::mt19937_64 rng(h::mix_seed(base_seed(), 0xe2));
+  random_lengths(&c.p, 5, 300, 400, false, true, rng);
+  c.p.headdim = 128; c.p.window_left = 60; c.p.window_right = 10; c.p.exp2_emulation = 1;
+  v.push_back(c);
+  c = Case();
+  c.name = "softcap_portable_d64";
+  c.p.batch = 2; c.p.seqlen_q = 239; c.p.seqlen_k = 517; c.p.headdim = 64; c.p.softcap = 20; c.p.input_std = 2;
+  c.p.exp2_emulation = 1;
+  v.push_back(c);
+  return seeded(v, 0xe2);
+}
+class GpuFwdExp2Emulation : public GpuFwdSweep {};
+TEST_P(GpuFwdExp2Emulation, MatchesReference) { run_and_expect_pass(GetParam().p); }
+INSTANTIATE_TEST_SUITE_P(GpuFwd, GpuFwdExp2Emulation, ::testing::ValuesIn(exp2_cases()), case_name);
 
 // ---- forced paths ---------------------------------------------------------------------
 // AUTO may send d 64/128 to the Hopper kernels and the rest to the portable

@@ -223,6 +223,7 @@ struct Problem {
   Layout layout = Layout::kContiguous;
   bool with_lse = true;        // false: lse.data = NULL (not computed)
   flash4_path path = FLASH4_PATH_AUTO;
+  int exp2_emulation = 0;      // opt.exp2_emulation (-1 off, 0 default, 1 on)
   double input_std = 1.0;      // standard deviation of the random inputs
   uint64_t seed = 1;
   double rtol = 2.0;           // the rule's factor on err(lowp)
@@ -253,6 +254,7 @@ inline std::string describe(const Problem& p) {
   if (p.causal) os << " causal";
   if (p.window_left >= 0 || p.window_right >= 0) os << " win=(" << p.window_left << "," << p.window_right << ")";
   if (p.softcap != 0.0) os << " softcap=" << p.softcap;
+  if (p.exp2_emulation != 0) os << " exp2_emulation=" << p.exp2_emulation;
   if (p.softmax_scale != 0.0) os << " scale=" << p.softmax_scale;
   if (p.layout != Layout::kContiguous) os << " " << layout_name(p.layout);
   if (!p.with_lse) os << " no-lse";
@@ -568,6 +570,7 @@ inline flash4_fwd_args make_args(const HostCase& hc, const std::vector<void*>& a
   a.opt.window_left = p.window_left;
   a.opt.window_right = p.window_right;
   a.opt.softcap = p.softcap;
+  a.opt.exp2_emulation = p.exp2_emulation;
   if (p.varlen) {
     a.opt.cu_seqlens_q = dense_tensor(const_cast<void*>(cu_q), FLASH4_DTYPE_INT32, {p.batch + 1});
     a.opt.cu_seqlens_k = dense_tensor(const_cast<void*>(cu_k), FLASH4_DTYPE_INT32, {p.batch + 1});

@@ -100,10 +100,11 @@ typedef struct flash4_attn_options {
   flash4_tensor seqused_k;
   flash4_path path;      /* FLASH4_PATH_AUTO unless forcing one */
   /* FA4 software exp2 (polynomial on the FMA pipe) in the Hopper forward:
-   * -1 off, 0 default (today: off), 1 on. 1 is not shipped yet (measured
-   * slower on H100, docs/perf.md): the Hopper path refuses it and the call
-   * runs on the portable path, which uses the hardware exp2 only;
-   * flash4_fwd_supported says so. */
+   * -1 off, 0 default (off: measured slower than the hardware exp2 alone on
+   * H100, docs/perf.md), 1 on for 1/4 of the exponentials. The Hopper path
+   * has 1 for head dims up to 128 without softcap; elsewhere it refuses it
+   * and the call runs on the portable path, which uses the hardware exp2
+   * only; flash4_fwd_supported says so. */
   int32_t exp2_emulation;
 } flash4_attn_options;
 

@@ -166,6 +166,14 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::zeros({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
+// exp2_emulation: -1 off, 0 default, 1 on (the library checks the value too;
+// this keeps a huge int64 from wrapping into a valid int32).
+int32_t exp2_emulation_arg(const char* op, int64_t v) {
+  TORCH_CHECK_VALUE(v >= -1 && v <= 1, "flash4::", op, ": exp2_emulation=", v,
+                    " must be -1 (off), 0 (default) or 1 (on)");
+  return static_cast<int32_t>(v);
+}
+
 // ---- forward ------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q,
@@ -196,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q_in, const at::Tensor&
                                        const at::Tensor& v_in, double softmax_scale, bool causal,
                                        int64_t window_left, int64_t window_right, double softcap,
                                        const std::optional<at::Tensor>& seqused_k_in,
-                                       bool deterministic) {
+                                       bool deterministic, int64_t exp2_emulation) {
   (void)deterministic;  // the backward's; part of the schema for autograd
   constexpr const char* op = "fwd";
   check_devices(op, q_in,
@@ -209,8 +217,9 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q_in, const at::Tensor&
                     " dimensions, expected 4 (batch, seqlen_k, heads_kv, headdim)");
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
-  const auto opt = make_options(op, softmax_scale, causal, window_left, window_right, softcap,
-                                q.size(1), k.size(1), seqused_k);
+  auto opt = make_options(op, softmax_scale, causal, window_left, window_right, softcap,
+                          q.size(1), k.size(1), seqused_k);
+  opt.exp2_emulation = exp2_emulation_arg(op, exp2_emulation);
   return run_fwd(op, q, k, v, out, lse, opt);
 }
 
@@ -219,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_varlen(
     const at::Tensor& cu_seqlens_q_in, const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double softmax_scale, bool causal, int64_t window_left,
     int64_t window_right, double softcap, const std::optional<at::Tensor>& seqused_k_in,
-    bool deterministic) {
+    bool deterministic, int64_t exp2_emulation) {
   (void)deterministic;
   constexpr const char* op = "fwd_varlen";
   check_devices(op, q_in,
@@ -239,6 +248,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_varlen(
   opt.cu_seqlens_k = view_of(cu_seqlens_k, op, "cu_seqlens_k");
   opt.max_seqlen_q = max_seqlen_q;
   opt.max_seqlen_k = max_seqlen_k;
+  opt.exp2_emulation = exp2_emulation_arg(op, exp2_emulation);
   return run_fwd(op, q, k, v, out, lse, opt);
 }
 
@@ -356,7 +366,7 @@ TORCH_LIBRARY(flash4, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, float softmax_scale=0., bool causal=False, "
       "int window_left=-1, int window_right=-1, float softcap=0., Tensor? seqused_k=None, "
-      "bool deterministic=False) -> (Tensor out, Tensor lse)");
+      "bool deterministic=False, int exp2_emulation=0) -> (Tensor out, Tensor lse)");
   // Not traced by torch.compile (no tensors out): a question to ask eagerly.
   m.def(
       "fwd_supported(Tensor q, Tensor k, Tensor v, float softmax_scale=0., bool causal=False, "
@@ -371,7 +381,7 @@ TORCH_LIBRARY(flash4, m) {
       "fwd_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
       "int max_seqlen_q, int max_seqlen_k, float softmax_scale=0., bool causal=False, "
       "int window_left=-1, int window_right=-1, float softcap=0., Tensor? seqused_k=None, "
-      "bool deterministic=False) -> (Tensor out, Tensor lse)");
+      "bool deterministic=False, int exp2_emulation=0) -> (Tensor out, Tensor lse)");
   m.def(
       "bwd_varlen(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "

@@ -5,21 +5,23 @@ defines the ops with TORCH_LIBRARY(flash4):
 
     torch.ops.flash4.fwd(q, k, v, softmax_scale=0., causal=False, window_left=-1,
                          window_right=-1, softcap=0., seqused_k=None,
-                         deterministic=False) -> (out, lse)
-    torch.ops.flash4.bwd(dout, q, k, v, out, lse, dq!, dk!, dv!, <same options>) -> ()
+                         deterministic=False, exp2_emulation=0) -> (out, lse)
+    torch.ops.flash4.bwd(dout, q, k, v, out, lse, dq!, dk!, dv!, <same options but
+                         exp2_emulation>) -> ()
     torch.ops.flash4.fwd_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k, <same options>) -> (out, lse)
     torch.ops.flash4.bwd_varlen(dout, q, k, v, out, lse, dq!, dk!, dv!, cu_seqlens_q,
                                 cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                 <same options>) -> ()
 
-(softmax_scale 0 = 1/sqrt(headdim); window bounds -1 = unbounded; dq, dk, dv
+(softmax_scale 0 = 1/sqrt(headdim); window bounds -1 = unbounded; exp2_emulation
+-1 off, 0 default, 1 on: FA4's software exp2 in the Hopper forward; dq, dk, dv
 are written in place; inputs the kernels cannot read in place, see
 flash4.interface, are copied to contiguous memory inside the ops.) This module adds, from Python:
   * fake (meta) kernels, so torch.compile and FakeTensorMode trace the ops;
   * the autograd formula of fwd and fwd_varlen, whose backward calls bwd /
-    bwd_varlen. Until the library has a GPU backward, that call raises
-    NotImplementedError with the library's message.
+    bwd_varlen. Where the library has no backward kernel (no Hopper GPU, head
+    dim > 128), that call raises NotImplementedError with the library's message.
 
 The library is found at $FLASH4_TORCH_LIBRARY when that is set, else next
 to this file (where both `pip install` and a CMake build tree put it).
@@ -77,7 +79,7 @@ def _need_dims(op, name, t, n, dims):
 
 @torch.library.register_fake("flash4::fwd")
 def _fwd_fake(q, k, v, softmax_scale=0.0, causal=False, window_left=-1, window_right=-1,
-              softcap=0.0, seqused_k=None, deterministic=False):
+              softcap=0.0, seqused_k=None, deterministic=False, exp2_emulation=0):
     _need_dims("fwd", "q", q, 4, "(batch, seqlen_q, heads, headdim)")
     _need_dims("fwd", "k", k, 4, "(batch, seqlen_k, heads_kv, headdim)")
     b, sq, h, _ = q.shape
@@ -89,7 +91,7 @@ def _fwd_fake(q, k, v, softmax_scale=0.0, causal=False, window_left=-1, window_r
 @torch.library.register_fake("flash4::fwd_varlen")
 def _fwd_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                      softmax_scale=0.0, causal=False, window_left=-1, window_right=-1,
-                     softcap=0.0, seqused_k=None, deterministic=False):
+                     softcap=0.0, seqused_k=None, deterministic=False, exp2_emulation=0):
     _need_dims("fwd_varlen", "q", q, 3, "(total_q, heads, headdim)")
     total_q, h, _ = q.shape
     out = q.new_empty(q.shape)
@@ -121,7 +123,7 @@ def _grad_buffers(q, k, v):
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, softmax_scale, causal, wl, wr, softcap, seqused_k, deterministic = inputs
+    q, k, v, softmax_scale, causal, wl, wr, softcap, seqused_k, deterministic, _emu = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, seqused_k)
     ctx.options = (softmax_scale, causal, wl, wr, softcap)
@@ -134,12 +136,12 @@ def _fwd_backward(ctx, dout, dlse):
     dq, dk, dv = _grad_buffers(q, k, v)
     torch.ops.flash4.bwd(dout, q, k, v, out, lse, dq, dk, dv,
                          *ctx.options, seqused_k, ctx.deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def _fwd_varlen_setup_context(ctx, inputs, output):
     (q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal, wl, wr, softcap, seqused_k,
-     deterministic) = inputs
+     deterministic, _emu) = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, seqused_k)
     ctx.max_seqlens = (max_q, max_k)
@@ -153,7 +155,7 @@ def _fwd_varlen_backward(ctx, dout, dlse):
     torch.ops.flash4.bwd_varlen(dout, q, k, v, out, lse, dq, dk, dv, cu_q,
                                 cu_k, *ctx.max_seqlens, *ctx.options, seqused_k,
                                 ctx.deterministic)
-    return (dq, dk, dv) + (None,) * 11
+    return (dq, dk, dv) + (None,) * 12
 
 
 torch.library.register_autograd("flash4::fwd", _fwd_backward, setup_context=_fwd_setup_context)

@@ -72,6 +72,13 @@ def _softcap_arg(softcap):
     return cap
 
 
+def _emulation_arg(exp2_emulation):
+    if isinstance(exp2_emulation, bool) or exp2_emulation not in (-1, 0, 1):
+        raise ValueError(f"flash4: exp2_emulation must be -1 (off), 0 (default) or 1 (on), "
+                         f"got {exp2_emulation!r}")
+    return int(exp2_emulation)
+
+
 def _need_tensors(**tensors):
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
@@ -79,7 +86,7 @@ def _need_tensors(**tensors):
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    deterministic=False, return_attn_probs=False):
+                    deterministic=False, return_attn_probs=False, *, exp2_emulation=0):
     """Exact attention softmax(softmax_scale * q k^T) v, FlashAttention-style.
 
     Arguments:
@@ -91,6 +98,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
         softcap: > 0 applies s = softcap * tanh(s / softcap) to the scaled scores.
         deterministic: for the backward (bitwise reproducible dq).
         return_attn_probs: also return the softmax LSE (see the module notes).
+        exp2_emulation (flash4 only, keyword): FA4's software exp2 in the Hopper
+            forward, -1 off, 0 default (off), 1 on for 1/4 of the exponentials.
     Returns:
         out (batch, seqlen_q, nheads, headdim), or (out, lse) with return_attn_probs,
         lse fp32 (batch, nheads, seqlen_q).
@@ -100,13 +109,14 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     left, right = _window_args(window_size, causal)
     cap = _softcap_arg(softcap)
     out, lse = torch.ops.flash4.fwd(q, k, v, scale, bool(causal), left, right, cap, None,
-                                    bool(deterministic))
+                                    bool(deterministic), _emulation_arg(exp2_emulation))
     return (out, lse) if return_attn_probs else out
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                           deterministic=False, return_attn_probs=False, seqused_k=None):
+                           deterministic=False, return_attn_probs=False, seqused_k=None, *,
+                           exp2_emulation=0):
     """Variable-length attention over packed sequences, FlashAttention-style.
 
     Arguments:
@@ -133,7 +143,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     cap = _softcap_arg(softcap)
     out, lse = torch.ops.flash4.fwd_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                            max_seqlen_k, scale, bool(causal), left, right, cap,
-                                           seqused_k, bool(deterministic))
+                                           seqused_k, bool(deterministic),
+                                           _emulation_arg(exp2_emulation))
     return (out, lse) if return_attn_probs else out
 
 

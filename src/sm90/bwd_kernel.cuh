@@ -23,7 +23,7 @@
 //    dK/dV of the group stay in registers (no atomics, deterministic).
 //      WG0      producer (setmaxnreg.dec): one thread issues every load: K, V
 //               once (TMA), then per iteration Q, dO (TMA, 128B swizzle) and
-//               the lse_log2 / dsum rows (1-D bulk copies), all completing
+//               the lse_log2 / dsum rows (2-D fp32 TMA maps), all completing
 //               on one mbarrier of a kStages ring.
 //      WG1, WG2 consumers (setmaxnreg.inc); consumer w owns keys
 //               [64w, 64w+64) of the block. Per iteration:
@@ -119,6 +119,12 @@ struct BwdRowSpace {
     const int start = cu_seqlens_q[b];
     return make_int2(start, max(0, min(cu_seqlens_q[b + 1] - start, seqlen_q)));
   }
+  // (column, row) of query block m's rows in the 2-D maps of the row arrays:
+  // batched {sq_pad, B * Hq}, varlen {ws_rows, Hq} (see base).
+  __device__ __forceinline__ int2 map_coord(int b, int h, int q_start, int row) const {
+    return cu_seqlens_q != nullptr ? make_int2(((q_start + 3) & ~3) + 132 * b + row, h)
+                                   : make_int2(row, b * heads_q + h);
+  }
   __device__ __forceinline__ int64_t base(int b, int h, int q_start) const {
     return cu_seqlens_q != nullptr
                ? static_cast<int64_t>(h) * ws_rows + ((static_cast<int64_t>(q_start) + 3) & ~int64_t(3)) +
@@ -136,9 +142,9 @@ struct BwdKernelArgs {
   CUtensorMap tm_v;   // same as K
   CUtensorMap tm_dk;  // {D, Sk, Hkv, B}, box {64, 64} (one consumer's keys); ragged if ks_ragged
   CUtensorMap tm_dv;  // same as dK
+  CUtensorMap tm_lse;   // lse_log2 as 2-D fp32 {sq_pad, B Hq} / varlen {ws_rows, Hq}, box {kBlockM, 1}
+  CUtensorMap tm_dsum;  // dsum, same
   float* dq_accum;
-  const float* lse_log2;
-  const float* dsum;
   BwdRowSpace rs;
   const int* cu_seqlens_k;  // varlen (with rs.cu_seqlens_q)
   const int* seqused_k;     // nullptr: unused
@@ -400,6 +406,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       prefetch_tmap(&args.tm_do);
       prefetch_tmap(&args.tm_k);
       prefetch_tmap(&args.tm_v);
+      if (n_iters > 0) {  // the row maps are encoded only when there are query rows
+        prefetch_tmap(&args.tm_lse);
+        prefetch_tmap(&args.tm_dsum);
+      }
       mbar_arrive_expect_tx(kv_full, 2 * C::kKBytes);
 #pragma unroll
       for (int p = 0; p < C::kPanels; ++p) {
@@ -437,9 +447,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             tma_load_4d(ddo_dst, &args.tm_do, &full[s], p * 64, m * kBM, h, b);
           }
         }
-        const int64_t ro = row_offset(h, m);
-        bulk_load_1d(sLse + s * kBM, args.lse_log2 + ro, C::kRowBytes, &full[s]);
-        bulk_load_1d(sDsum + s * kBM, args.dsum + ro, C::kRowBytes, &full[s]);
+        const int2 rc = args.rs.map_coord(b, h, sqi.q_start, m * kBM);
+        tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
+        tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
     }
     return;

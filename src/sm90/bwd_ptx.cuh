@@ -62,15 +62,6 @@ __device__ __forceinline__ void wgmma_ss_tatb_m64n64k16<__half>(float (&d)[32], 
 // Bulk (non-tensor) async copies. Addresses 16-byte aligned, sizes multiples
 // of 16 bytes.
 // ---------------------------------------------------------------------------
-__device__ __forceinline__ void bulk_load_1d(void* smem_dst, const void* gmem_src, uint32_t bytes,
-                                             uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-          smem_u32(smem_dst)),
-      "l"(gmem_src), "r"(bytes), "r"(smem_u32(bar))
-      : "memory");
-}
-
 __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float* smem_src,
                                                     uint32_t bytes) {
   asm volatile(

@@ -205,9 +205,17 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   sm90::BwdKernelArgs& a = l.main;
   a = sm90::BwdKernelArgs{};
   if (l.n_blocks > 0 && !encode_all(p, &a)) return cudaErrorInvalidValue;
+  if (l.n_blocks > 0 && l.prep_blocks > 0) {
+    // The row arrays as 2-D maps, one row of the map per (b, h) (batched) or
+    // per h (varlen): rows [x, x + block_m) of row y per query block.
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    const uint64_t inner = varlen ? ws.rows : ws.sq_pad;
+    const uint64_t outer = varlen ? uint64_t(p.heads_q) : uint64_t(p.batch) * uint64_t(p.heads_q);
+    if (!sm90::tma_encode_rows_f32(&a.tm_lse, lse_log2, inner, outer, uint32_t(block_m)) ||
+        !sm90::tma_encode_rows_f32(&a.tm_dsum, dsum, inner, outer, uint32_t(block_m)))
+      return cudaErrorInvalidValue;
+  }
   a.dq_accum = dq_accum;
-  a.lse_log2 = lse_log2;
-  a.dsum = dsum;
   a.rs = rs;
   a.cu_seqlens_k = p.cu_seqlens_k;
   a.seqused_k = p.seqused_k;

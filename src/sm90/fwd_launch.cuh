@@ -140,6 +140,13 @@ cudaError_t launch_fwd_shipped(const FwdKernelArgs& args, const FwdLaunch& l, bo
               : launch_fwd_shipped_tt<kD, __half>(args, l, causal, softcap, consumers, stream);
 }
 
+// exp2_emulation = 1: 1 in kExp2EmuEveryShipped 8-column chunks of the
+// exponentials on the FMA pipe (fwd_sm90_exp2emu.cu; head dims <= 128, no
+// softcap).
+constexpr int kExp2EmuEveryShipped = 4;
+cudaError_t fwd_run_exp2emu(const FwdKernelArgs& args, const FwdLaunch& l, int kd, bool bf16,
+                            bool causal, int consumers, cudaStream_t stream);
+
 // Defined in fwd_sm90.cu: tensor maps and kernel arguments for a call that
 // sm90_fwd_supported accepted, for tiles of block_m query rows (the library
 // path and the dev driver build their arguments the same way).

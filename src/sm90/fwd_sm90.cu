@@ -13,7 +13,8 @@
 //   16-byte aligned pointers, seqused_k, any Sq/Sk >= 0 (Sq + Sk < 2^30),
 //   GQA/MQA, causal (bottom-right aligned), local windows (left/right, with
 //   or without causal), softcap, softmax_scale > 0, LSE optional,
-//   exp2_emulation 0/-1 (MUFU exp2).
+//   exp2_emulation 0/-1 (MUFU exp2) and 1 (FA4's software exp2 for 1/4 of
+//   the exponentials; head dims <= 128 without softcap, fwd_sm90_exp2emu.cu).
 //
 // Tensor maps: sm90/tensor_map.hpp (plain 4-D maps for batched tensors,
 // 5-D "ragged" maps for varlen tensors and K/V with seqused_k).
@@ -72,9 +73,9 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
               std::to_string(p.headdim));
   if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
     return no("sm90 forward needs both cu_seqlens_q and cu_seqlens_k for varlen");
-  if (p.exp2_emulation > 0)
-    return no("sm90 forward does not ship exp2 emulation (a kernel option, measured slower on "
-              "H100); exp2_emulation must be 0 or -1");
+  if (p.exp2_emulation > 0 && (p.headdim > 128 || p.softcap > 0.f))
+    return no("sm90 forward builds exp2 emulation (exp2_emulation = 1) for head dims up to 128 "
+              "without softcap only");
   if (!(p.softcap >= 0.f) || !std::isfinite(p.softcap))
     return no("sm90 forward needs a finite softcap >= 0");
   if (!(p.softmax_scale > 0.f) || !(p.softmax_scale_log2 > 0.f) ||
@@ -120,6 +121,7 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
   }
   if (why) {
     *why = "sm90 forward (TMA + wgmma, warp-specialised)";
+    if (p.exp2_emulation > 0) *why += ", software exp2 for 1/4 of the exponentials";
     if (kd != p.headdim)
       *why += ", head dim " + std::to_string(p.headdim) + " on the " + std::to_string(kd) +
               " kernel (TMA zero-fills the extra columns)";
@@ -188,6 +190,8 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
   const cudaError_t e = sm90::fwd_prepare(p, block_m, choice.persistent, &args, &l);
   if (e != cudaSuccess) return e;
   const bool softcap = p.softcap > 0.f;
+  if (p.exp2_emulation > 0)  // supported() admits it for kd <= 128 without softcap
+    return sm90::fwd_run_exp2emu(args, l, kd, bf16, p.is_causal, choice.consumers, stream);
   switch (kd) {
     case 64:
       return sm90::fwd_run_hdim64(args, l, bf16, p.is_causal, softcap, choice.consumers, stream);

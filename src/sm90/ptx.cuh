@@ -397,6 +397,13 @@ __device__ __forceinline__ void tma_store_4d(const void* tmap, const void* smem_
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tmap, coords,
                                   smem_src);
 }
+// 2-D form (the backward's fp32 row arrays: {rows, row groups}).
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* tmap, uint64_t* bar, int c0,
+                                            int c1) {
+  const int32_t coords[2] = {c0, c1};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem_dst, tmap,
+                                  coords, bar);
+}
 // 5-D forms (the forward's tensor maps: {D, rows, heads, batch, ext}, see fwd_sm90.cu).
 __device__ __forceinline__ void tma_load_5d(void* smem_dst, const void* tmap, uint64_t* bar, int c0,
                                             int c1, int c2, int c3, int c4) {

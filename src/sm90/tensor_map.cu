@@ -98,5 +98,20 @@ bool tma_encode(CUtensorMap* map, const TmaTensor& t, bool bf16, bool ragged, ui
   return r == CUDA_SUCCESS;
 }
 
+bool tma_encode_rows_f32(CUtensorMap* map, const float* ptr, uint64_t inner, uint64_t outer,
+                         uint32_t box) {
+  auto enc = encoder();
+  if (enc == nullptr || inner == 0 || outer == 0 || (inner * 4) % 16 != 0) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner * 4)};
+  const cuuint32_t boxd[2] = {box, 1u};
+  const cuuint32_t estr[2] = {1u, 1u};
+  const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2u, const_cast<float*>(ptr), dims,
+                         strides, boxd, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                         CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
 }  // namespace sm90
 }  // namespace flash4

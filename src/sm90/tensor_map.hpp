@@ -43,5 +43,10 @@ bool tma_check(const char* path, const char* name, const TmaTensor& t, bool ragg
 // {64, box_rows, 1, 1(, 1)}. False when the driver rejects it.
 bool tma_encode(CUtensorMap* map, const TmaTensor& t, bool bf16, bool ragged, uint32_t box_rows);
 
+// A 2-D fp32 map {inner, outer} (row stride inner * 4 bytes, a multiple of
+// 16), boxes {box, 1}, no swizzle: the backward's row arrays.
+bool tma_encode_rows_f32(CUtensorMap* map, const float* ptr, uint64_t inner, uint64_t outer,
+                         uint32_t box);
+
 }  // namespace sm90
 }  // namespace flash4

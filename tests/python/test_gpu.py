@@ -80,6 +80,23 @@ def test_forward_head_dims(d, causal):
     check_forward(q, k, v, causal=causal, what=f"d{d}")
 
 
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_exp2_emulation(d, causal):
+    """exp2_emulation=1: FA4's software exp2 for 1/4 of the exponentials (Hopper); as
+    accurate as the hardware exp2 under the same rule. Bad values are a ValueError."""
+    torch.manual_seed(20 + d + causal)
+    q, k, v = rand(2, 517, 4, d, scale=3.0), rand(2, 1031, 2, d, scale=3.0), rand(2, 1031, 2, d)
+    out, lse = flash4.flash_attn_func(q, k, v, causal=causal, exp2_emulation=1,
+                                      return_attn_probs=True)
+    ref, ref_lse = attention_ref(q, k, v, causal=causal)
+    ref_lowp, _ = attention_ref(q, k, v, causal=causal, upcast=False)
+    assert_close_fa(out, ref, ref_lowp, what=f"exp2 emulation d{d} causal={causal}")
+    assert_lse_close(lse, ref_lse)
+    with pytest.raises(ValueError, match="exp2_emulation must be -1"):
+        flash4.flash_attn_func(q, k, v, exp2_emulation=2)
+
+
 def test_forward_explicit_scale_and_fully_masked_rows():
     torch.manual_seed(1)
     q, k, v = rand(2, 300, 4, 64), rand(2, 100, 4, 64), rand(2, 100, 4, 64)
