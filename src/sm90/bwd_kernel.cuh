@@ -209,7 +209,9 @@ struct BwdConfig {
   static constexpr int kBlockM = 8192 / kHeadDim;  // 128 (d 64) or 64 (d 128) queries
   static constexpr int kStages = 2;                // Q / dO / row-array ring
   static constexpr int kNumThreads = 384;
-  static constexpr int kProducerRegs = 24;
+  // Deterministic kernels run the dQ writer warp in the producer warpgroup
+  // (see the kernel): a few more registers there, 32 + 2 x 240 = 512 per lane.
+  static constexpr int kProducerRegs = kDeterministic ? 32 : 24;
   static constexpr int kConsumerRegs = 240;
 
   static constexpr int kPanels = kHeadDim / 64;  // 64-column panels of a Q/K row
@@ -234,8 +236,9 @@ struct BwdConfig {
   static constexpr int kOffLse = kOffDQ + 2 * kDQPieceBytes;
   static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
-  // barriers: kv_full, full[S], empty[S]
-  static constexpr int kNumBars = 1 + 2 * kStages;
+  // barriers: kv_full, full[S], empty[S] (deterministic: dq_full[2], dq_empty[2])
+  // + deterministic: dq_full[2], dq_empty[2] (consumer <-> dQ writer warp)
+  static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0);
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
   static constexpr int kSmemBytes =
       kOffTicket + (kDeterministic ? 16 : 0) + 1024;  // + alignment slack
@@ -330,6 +333,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* kv_full = bars;
   uint64_t* full = bars + 1;
   uint64_t* empty = bars + 1 + kS;
+  uint64_t* dq_full = bars + 1 + 2 * kS;   // deterministic only
+  uint64_t* dq_empty = dq_full + 2;        // deterministic only
 
   const int tid = threadIdx.x;
   const int wg = tid / 128;
@@ -386,6 +391,16 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   auto row_offset = [&](int h, int m) -> int64_t {
     return args.rs.base(b, h, sqi.q_start) + static_cast<int64_t>(m) * kBM;
   };
+  // Deterministic: semaphore of consumer piece w of (h, m), and how many key
+  // blocks add into (h, m) before this one: they are n_first .. n_block - 1
+  // (contiguous; see bwd_m_range).
+  auto dq_sem_of = [&](int h, int m, int w) -> int* {
+    return args.dq_sem + row_offset(h, m) / 32 + w;
+  };
+  auto adds_before = [&](int m) -> int {
+    const int64_t first_key = static_cast<int64_t>(m) * kBM + (static_cast<int64_t>(Sk) - Sq) - left;
+    return n_block - (left >= 0 ? static_cast<int>(max(int64_t(0), first_key) / kBN) : 0);
+  };
 
   if (tid == 0) {
     mbar_init(kv_full, 1);
@@ -393,6 +408,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // every consumer warp
+    }
+    if constexpr (C::kDeterministic) {
+      for (int w = 0; w < 2; ++w) {
+        mbar_init(&dq_full[w], 128);  // every thread of consumer w
+        mbar_init(&dq_empty[w], 1);   // the writer
+      }
     }
     mbar_init_fence();
   }
@@ -451,6 +472,35 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
+    } else if (C::kDeterministic && tid == 32) {
+      // dQ writer (deterministic): takes each iteration's two staged pieces
+      // in order, waits for its turn on each piece's semaphore, reduce-adds
+      // them, frees the staging buffers once read, and hands the turn on
+      // once the adds are complete in global memory. The consumers only wait
+      // for a free buffer, so the semaphore waits and the round trip of the
+      // adds overlap their next iteration's matmuls.
+      for (int it = 0; it < n_iters; ++it) {
+        const int2 hm = iter_hm(it);
+        const int before = adds_before(hm.y);
+        const int64_t dst = row_offset(hm.x, hm.y) * kD;
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          mbar_wait(&dq_full[w], it & 1);
+          sem_wait_eq(dq_sem_of(hm.x, hm.y, w), before);
+          fence_proxy_async_global();  // the acquire orders the bulk add below
+          bulk_reduce_add_f32(args.dq_accum + dst + w * C::kDQPieceFloats,
+                              sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
+          tma_store_commit();
+        }
+        tma_store_wait_read_all();  // both buffers read: the consumers may refill them
+        mbar_arrive(&dq_empty[0]);
+        mbar_arrive(&dq_empty[1]);
+        bulk_wait_all();             // the adds are complete in global memory (not only read)
+        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
+        __threadfence();
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
+      }
     }
     return;
   }
@@ -473,8 +523,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const uint32_t do_base = smem_u32(sDO);
   const uint32_t ds_base = smem_u32(sDS);
   float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
-  // Deterministic: semaphore of this consumer's piece of (h, m).
-  auto dq_sem_of = [&](int h, int m) -> int* { return args.dq_sem + row_offset(h, m) / 32 + cw; };
 
   float dv[kNK];
   float dk[kNK];
@@ -671,32 +719,25 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (lane == 0) mbar_arrive(&empty[s]);
 
     // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
-    if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
-    named_bar_sync(kBwdBarWG0 + cw, 128);
+    if constexpr (C::kDeterministic) {
+      // Staged for the writer warp (producer warpgroup), which adds it in
+      // turn; wait only until the writer has read this buffer's last piece.
+      mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
 #pragma unroll
-    for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-    fence_proxy_async_smem();
-    named_bar_sync(kBwdBarWG0 + cw, 128);
-    if (wthr == 0) {
-      // Deterministic: the semaphore of piece (b, h, m, cw); wait for key
-      // blocks 0 .. n_block-1 (file comment, "Deterministic mode").
-      if constexpr (C::kDeterministic) {
-        // The key blocks adding into (h, m) are n_first .. (contiguous; see
-        // bwd_m_range): this one goes after n_block - n_first of them.
-        const int n_first =
-            left >= 0 ? static_cast<int>(max(int64_t(0), static_cast<int64_t>(m) * kBM + shift - left) / kBN)
-                      : 0;
-        sem_wait_eq(dq_sem_of(h, m), n_block - n_first);
-        fence_proxy_async_global();  // the acquire orders the bulk add below
-      }
-      bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats, sDQ_mine,
-                          C::kDQPieceBytes);
-      tma_store_commit();
-      if constexpr (C::kDeterministic) {
-        bulk_wait_all();             // the add is complete in global memory (not only read)
-        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
-        __threadfence();
-        red_release_gpu_add_s32(dq_sem_of(h, m), 1);  // the next key block's turn
+      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+      fence_proxy_async_smem();
+      mbar_arrive(&dq_full[cw]);
+    } else {
+      if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
+                            sDQ_mine, C::kDQPieceBytes);
+        tma_store_commit();
       }
     }
   }
