@@ -209,9 +209,10 @@ struct BwdConfig {
   static constexpr int kBlockM = 8192 / kHeadDim;  // 128 (d 64) or 64 (d 128) queries
   static constexpr int kStages = 2;                // Q / dO / row-array ring
   static constexpr int kNumThreads = 384;
-  // Deterministic kernels run the dQ writer warp in the producer warpgroup
-  // (see the kernel): a few more registers there, 32 + 2 x 240 = 512 per lane.
-  static constexpr int kProducerRegs = kDeterministic ? 32 : 24;
+  // 24 + 2 x 240 = 504 per lane. (32 + 2 x 240 = 512, the whole register
+  // file, hung the deterministic kernels on H100: the consumers' setmaxnreg.inc
+  // never returned.)
+  static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 
   static constexpr int kPanels = kHeadDim / 64;  // 64-column panels of a Q/K row
