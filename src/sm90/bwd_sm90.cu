@@ -230,10 +230,18 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   a.num_n_blocks = l.n_blocks;
   a.num_hb = p.heads_kv * p.batch;
   {
-    // Causal CTA order: a section's Q and dO (every query head of its kv
-    // heads) should fit in ~32 MB of L2.
-    const int64_t per_hb = int64_t(p.seqlen_q > 0 ? p.seqlen_q : 1) * kd * 2 * 2 * a.group;
-    int64_t hs = (int64_t(32) << 20) / per_hb;
+    // Causal CTA order: a section holds about as many CTAs as SMs, so every
+    // key block of a (b, h_kv) runs at once and Q / dO are read from DRAM
+    // once. (A 32 MB L2 budget per section measured 15-27% slower at 512-1k:
+    // L2 budget sweep, docs/perf.md.)
+    int num_sms = p.num_sms;
+    if (num_sms <= 0) {
+      int dev = 0;
+      cudaError_t e = cudaGetDevice(&dev);
+      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+      if (e != cudaSuccess) return e;
+    }
+    int64_t hs = l.n_blocks > 0 ? num_sms / l.n_blocks : 1;
     if (hs < 1) hs = 1;
     if (hs > a.num_hb) hs = a.num_hb;
     a.hb_per_section = static_cast<int>(hs);

@@ -89,11 +89,23 @@ inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int se
   a->group = heads_q / heads_kv;
   a->num_m_blocks = (seqlen_q + block_m - 1) / block_m;
   a->num_hb = heads_q * batch;
-  // Causal order: a section's K/V (all its kv heads) should fit in ~32 MB of L2.
-  const int64_t kv_bytes = static_cast<int64_t>(seqlen_k > 0 ? seqlen_k : 1) * headdim * 2 * 2;
-  int64_t kv_heads_fit = (int64_t(32) << 20) / kv_bytes;
-  if (kv_heads_fit < 1) kv_heads_fit = 1;
-  int64_t hs = kv_heads_fit * a->group;
+  // Causal order, sections of heads_per_section (b, h) pairs.
+  //   persistent grid: a section's K/V (all its kv heads) should fit in
+  //     ~32 MB of L2 (smaller sections measured erratic here: the static
+  //     snake split interacts with section boundaries);
+  //   one CTA per tile: a section is about as many tiles as SMs, so every
+  //     tile of a head runs at once and reads its K/V from DRAM once (L2
+  //     budget sweep, docs/perf.md: +7-8% at d128 2k-4k over 32 MB).
+  int64_t hs;
+  if (persistent || num_sms <= 0) {
+    const int64_t kv_bytes = static_cast<int64_t>(seqlen_k > 0 ? seqlen_k : 1) * headdim * 2 * 2;
+    int64_t kv_heads_fit = (int64_t(32) << 20) / kv_bytes;
+    if (kv_heads_fit < 1) kv_heads_fit = 1;
+    hs = kv_heads_fit * a->group;
+  } else {
+    const int64_t kv_heads = num_sms / (a->num_m_blocks * a->group > 0 ? a->num_m_blocks * a->group : 1);
+    hs = (kv_heads < 1 ? 1 : kv_heads) * a->group;
+  }
   if (hs > a->num_hb) hs = a->num_hb;
   a->heads_per_section = static_cast<int>(hs < 1 ? 1 : hs);
   // Callers guarantee num_m_blocks * num_hb < 2^31 (sm90_fwd_supported checks it).
