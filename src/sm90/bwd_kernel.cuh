@@ -81,6 +81,17 @@
 //     with the smallest ticket has all predecessors finished, so each of its
 //     waits is already satisfied and it runs to completion; no cycle exists
 //     because waits only go to smaller tickets.
+//   * Unmasked (no causal / window) with nm >= nk query blocks per key block
+//     and at most one wave of key blocks (det_rotate, set on the host when
+//     ceil(Sk / 128) <= SMs): CTA n walks m = (m0(n) + i) mod nm with
+//     m0(n) = floor(n nm / nk), and the adders of m go in the order they
+//     reach it: n*, n* - 1, ..., 0, nk - 1, ..., n* + 1 (n* the last CTA with
+//     m0 <= m). Each add then waits for one made ~nm/nk iterations earlier
+//     instead of the previous key block's add of the same iteration, so the
+//     CTAs of a (b, h_kv) do not trail each other by one add each. Waits go
+//     to larger tickets too; progress needs every CTA of a (b, h_kv) to be
+//     able to run at once: tickets start in order, the (b, h_kv) before it
+//     finish, and at most one wave of them exists (det_rotate).
 //   * Causal CTAs walk (m descending, query head fastest) instead of (head,
 //     m ascending): every CTA of a (b, h_kv) then visits the shared (h, m)
 //     in the same sequence, starting with the last query block, which every
@@ -159,6 +170,7 @@ struct BwdKernelArgs {
   int num_n_blocks;  // ceil(Sk / kBlockN)
   int num_hb;        // Hkv * B
   int hb_per_section;  // causal CTA order: (b, h_kv) pairs per L2 section
+  int det_rotate;      // deterministic, no mask: rotated query-block order allowed (see file comment)
   float scale_log2;  // exp2 multiplier: softmax_scale * log2(e), or softcap * log2(e)
   float softcap_pre;  // kSoftcap kernels: 2 * log2(e) * softmax_scale / softcap
   float softmax_scale;
@@ -381,11 +393,23 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const int m_begin = m_range.x;
   const int nm = m_range.y - m_range.x;  // query blocks per head
   const int n_iters = nm * args.group;
+  // Deterministic, no mask: rotated order (file comment, "Deterministic
+  // mode"). nk = key blocks with keys; CTA n starts at query block
+  // m0 = floor(n nm / nk), so the CTAs of a (b, h_kv) add into different
+  // query blocks at the same time.
+  constexpr bool kRotatable = C::kDeterministic && !C::kCausal && !C::kLocal;
+  const int nk = (Sk + kBN - 1) / kBN;
+  const bool rotate = kRotatable && args.det_rotate != 0 && nm >= nk && nk > 0;
+  const int m0 = rotate ? static_cast<int>(static_cast<int64_t>(n_block) * nm / nk) : 0;
   // (query head, query block) of iteration it.
   auto iter_hm = [&](int it) -> int2 {
     if constexpr (C::kDeterministic && C::kCausal)  // m descending, head fastest
       return make_int2(h_kv * args.group + it % args.group, m_range.y - 1 - it / args.group);
-    else
+    else if constexpr (kRotatable) {
+      const int i = it % nm;
+      const int m = m0 + i < nm ? m0 + i : m0 + i - nm;  // (m0 + i) mod nm; m_begin = 0 here
+      return make_int2(h_kv * args.group + it / nm, rotate ? m : m_begin + i);
+    } else
       return make_int2(h_kv * args.group + it / nm, m_begin + it % nm);
   };
   // Workspace row offset of (b, h, query block m).
@@ -399,6 +423,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     return args.dq_sem + row_offset(h, m) / 32 + w;
   };
   auto adds_before = [&](int m) -> int {
+    if (kRotatable && rotate) {
+      // Adders of m in the order they reach it: n* (the last CTA starting at
+      // or before m), n* - 1, ..., 0, nk - 1, ..., n* + 1.
+      const int n_star = static_cast<int>((static_cast<int64_t>(m + 1) * nk + nm - 1) / nm) - 1;
+      const int r = n_star - n_block;
+      return r >= 0 ? r : r + nk;
+    }
     const int64_t first_key = static_cast<int64_t>(m) * kBM + (static_cast<int64_t>(Sk) - Sq) - left;
     return n_block - (left >= 0 ? static_cast<int>(max(int64_t(0), first_key) / kBN) : 0);
   };

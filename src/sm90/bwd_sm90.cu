@@ -256,6 +256,17 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
     if (hs > a.num_hb) hs = a.num_hb;
     a.hb_per_section = static_cast<int>(hs);
   }
+  a.det_rotate = 0;
+  if (l.deterministic && l.mask == sm90::BwdMask::kNone) {
+    int num_sms = p.num_sms;
+    if (num_sms <= 0) {
+      int dev = 0;
+      cudaError_t e = cudaGetDevice(&dev);
+      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+      if (e != cudaSuccess) return e;
+    }
+    a.det_rotate = l.n_blocks <= num_sms ? 1 : 0;  // one CTA per SM: every key block resident
+  }
   if (l.softcap) {
     constexpr double kLog2e = 1.4426950408889634;
     a.softcap_pre = static_cast<float>(2.0 * kLog2e * double(p.softmax_scale) / double(p.softcap));
