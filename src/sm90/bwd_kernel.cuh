@@ -81,7 +81,7 @@
 //     with the smallest ticket has all predecessors finished, so each of its
 //     waits is already satisfied and it runs to completion; no cycle exists
 //     because waits only go to smaller tickets.
-//   * Unmasked (no causal / window) with nm > nk query blocks per key block
+//   * Unmasked (no causal / window) with nm >= nk query blocks per key block
 //     and at most one wave of key blocks (det_rotate, set on the host when
 //     ceil(Sk / 128) <= SMs): CTA n walks m = (m0(n) + i) mod nm with
 //     m0(n) = floor(n nm / nk), and the adders of m go in the order they
@@ -92,13 +92,6 @@
 //     to larger tickets too; progress needs every CTA of a (b, h_kv) to be
 //     able to run at once: tickets start in order, the (b, h_kv) before it
 //     finish, and at most one wave of them exists (det_rotate).
-//     The writer hands a turn on one iteration late (after issuing the next
-//     adds). Following the waits, W(n, t) <- hand-on(n+1, t - s) <-
-//     W(n+1, t - s + 1), s = m0(n+1) - m0(n) >= 1: with nm == nk every s is
-//     1 and the chain closes around the CTAs (a deadlock), so the rotated
-//     order needs nm > nk (some s >= 2: the chain reaches iteration 0, where
-//     each CTA is the first adder of its block). In the ascending orders the
-//     waits go to lower key blocks only and the chains end at n_first.
 //   * Causal CTAs walk (m descending, query head fastest) instead of (head,
 //     m ascending): every CTA of a (b, h_kv) then visits the shared (h, m)
 //     in the same sequence, starting with the last query block, which every
@@ -406,7 +399,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   // query blocks at the same time.
   constexpr bool kRotatable = C::kDeterministic && !C::kCausal && !C::kLocal;
   const int nk = (Sk + kBN - 1) / kBN;
-  const bool rotate = kRotatable && args.det_rotate != 0 && nm > nk && nk > 0;
+  const bool rotate = kRotatable && args.det_rotate != 0 && nm >= nk && nk > 0;
   const int m0 = rotate ? static_cast<int>(static_cast<int64_t>(n_block) * nm / nk) : 0;
   // (query head, query block) of iteration it.
   auto iter_hm = [&](int it) -> int2 {
@@ -514,20 +507,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     } else if (C::kDeterministic && tid == 32) {
       // dQ writer (deterministic): takes each iteration's two staged pieces
       // in order, waits for its turn on each piece's semaphore, reduce-adds
-      // them (one bulk group per iteration), frees the staging buffers once
-      // read, and hands the turn on once the adds are complete in global
-      // memory: for iteration it - 1 after issuing it's adds (wait_group 1),
-      // so the completion round trip overlaps the next adds. The consumers
-      // only wait for a free buffer. (Deferring the hand-on cannot deadlock
-      // when every wait goes to a lower key block, and with the rotated
-      // order only when nm > nk: see the file comment.)
-      int2 prev = make_int2(0, 0);
-      auto hand_on = [&](int2 hm) {
-        fence_proxy_async_global();  // the completed adds before this thread's generic accesses
-        __threadfence();
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
-      };
+      // them, frees the staging buffers once read, and hands the turn on
+      // once the adds are complete in global memory. The consumers only wait
+      // for a free buffer, so the semaphore waits and the round trip of the
+      // adds overlap their next iteration's matmuls.
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
         const int before = adds_before(hm.y);
@@ -539,20 +522,16 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           fence_proxy_async_global();  // the acquire orders the bulk add below
           bulk_reduce_add_f32(args.dq_accum + dst + w * C::kDQPieceFloats,
                               sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
+          tma_store_commit();
         }
-        tma_store_commit();
         tma_store_wait_read_all();  // both buffers read: the consumers may refill them
         mbar_arrive(&dq_empty[0]);
         mbar_arrive(&dq_empty[1]);
-        if (it > 0) {
-          bulk_wait_all_but_last();  // iteration it - 1's adds are complete
-          hand_on(prev);
-        }
-        prev = hm;
-      }
-      if (n_iters > 0) {
-        bulk_wait_all();
-        hand_on(prev);
+        bulk_wait_all();             // the adds are complete in global memory (not only read)
+        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
+        __threadfence();
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
       }
     }
     return;

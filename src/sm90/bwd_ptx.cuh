@@ -70,11 +70,6 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float
       : "memory");
 }
 
-// Waits until at most one bulk async-group of this thread is pending (the
-// most recent): every earlier group's writes are complete.
-__device__ __forceinline__ void bulk_wait_all_but_last() {
-  asm volatile("cp.async.bulk.wait_group 1;\n" ::: "memory");
-}
 __device__ __forceinline__ void bulk_wait_all() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
