@@ -568,6 +568,7 @@ std::vector<Case> deterministic_cases() {
   v.back().p.softcap = 20.0; v.back().p.input_std = 2.0;
   // Unmasked: rotated order (nm >= nk: integer and non-integer ratios, varlen), and not (nm < nk).
   add("fp16_d128_gqa_300x1000", 2, 300, 1000, 4, 2, 128, false, FLASH4_DTYPE_FP16);
+  add("bf16_d64_1100x1024", 2, 1100, 1024, 4, 2, 64, false, FLASH4_DTYPE_BF16);  // nm = nk + 1
   {
     Case c;
     c.name = "bf16_d128_varlen_seqused";

@@ -82,8 +82,8 @@
 //     waits is already satisfied and it runs to completion; no cycle exists
 //     because waits only go to smaller tickets.
 //   * Unmasked (no causal / window) with nm >= nk query blocks per key block
-//     and at most one wave of key blocks (det_rotate, set on the host when
-//     ceil(Sk / 128) <= SMs): CTA n walks m = (m0(n) + i) mod nm with
+//     and at most half a wave of key blocks (det_rotate, set on the host when
+//     2 ceil(Sk / 128) <= SMs): CTA n walks m = (m0(n) + i) mod nm with
 //     m0(n) = floor(n nm / nk), and the adders of m go in the order they
 //     reach it: n*, n* - 1, ..., 0, nk - 1, ..., n* + 1 (n* the last CTA with
 //     m0 <= m). Each add then waits for one made ~nm/nk iterations earlier

@@ -265,7 +265,12 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
       if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
       if (e != cudaSuccess) return e;
     }
-    a.det_rotate = l.n_blocks <= num_sms ? 1 : 0;  // one CTA per SM: every key block resident
+    // One CTA per SM. The rotated order needs every key block of a (b, h_kv)
+    // resident (progress) and pays for a (b, h_kv) only partly resident
+    // (its CTAs wait for the rest): at least two (b, h_kv) per wave. With
+    // one per wave (16k, 128 key blocks) the ascending order measured faster
+    // (0.92 vs 0.85 of the default at d64).
+    a.det_rotate = 2 * l.n_blocks <= num_sms ? 1 : 0;
   }
   if (l.softcap) {
     constexpr double kLog2e = 1.4426950408889634;
