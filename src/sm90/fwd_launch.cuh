@@ -96,10 +96,13 @@ inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int se
   //   one CTA per tile: a section is about as many tiles as SMs, so every
   //     tile of a head runs at once and reads its K/V from DRAM once (L2
   //     budget sweep, docs/perf.md: +7-8% at d128 2k-4k over 32 MB).
+  //   (persistent with Sk <= 1024: 4 MB, the best of the sweep there:
+  //     d128 causal 1k 385 vs 337 TFLOP/s at 32 MB.)
   int64_t hs;
   if (persistent || num_sms <= 0) {
     const int64_t kv_bytes = static_cast<int64_t>(seqlen_k > 0 ? seqlen_k : 1) * headdim * 2 * 2;
-    int64_t kv_heads_fit = (int64_t(32) << 20) / kv_bytes;
+    const int64_t budget = (persistent && seqlen_k <= 1024 ? int64_t(4) : int64_t(32)) << 20;
+    int64_t kv_heads_fit = budget / kv_bytes;
     if (kv_heads_fit < 1) kv_heads_fit = 1;
     hs = kv_heads_fit * a->group;
   } else {
