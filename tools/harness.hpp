@@ -1107,9 +1107,12 @@ class BwdDeviceCase {
 
   flash4_status workspace_status() const { return ws_status_; }
 
-  // Fills dq, dk, dv (guards included) with NaN bytes.
+  // Fills dq, dk, dv (guards included) and the workspace with 0xFF bytes
+  // (NaN halves and floats, -1 semaphores): flash4_bwd must not depend on
+  // what its workspace held before the call.
   void poison(cudaStream_t s) {
     for (const View* v : {&bc_->dq, &bc_->dk, &bc_->dv}) bufs_[size_t(v->alloc)].fill_async(0xFF, s);
+    if (workspace_.bytes() > 0) workspace_.fill_async(0xFF, s);
   }
 
   // flash4_bwd on the stream with the current args (tests may alter `args`);

@@ -154,6 +154,9 @@ FLASH4_API flash4_status flash4_fwd(const flash4_fwd_args* args, void* workspace
                                     size_t workspace_bytes, flash4_stream stream);
 
 /* ---- backward --------------------------------------------------------- */
+/* The workspace needs no initialisation and may hold anything: flash4_bwd
+ * writes every byte of it that it reads (zeroing its accumulators itself),
+ * so one workspace can be reused by calls on the same stream. */
 FLASH4_API flash4_status flash4_bwd_workspace_size(const flash4_bwd_args* args, size_t* bytes);
 FLASH4_API flash4_status flash4_bwd_supported(const flash4_bwd_args* args, int device,
                                               flash4_support* info);

@@ -161,9 +161,10 @@ flash4_attn_options make_options(const char* op, double softmax_scale, bool caus
 }
 
 at::Tensor workspace(size_t bytes, const at::Tensor& like) {
-  // Zero-filled: the C ABI does not say that the backward clears its
-  // scratch, so the binding hands it clean memory (a memset on the stream).
-  return at::zeros({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  // Uninitialised: flash4_bwd writes every workspace byte it reads (its
+  // preprocess zeroes the dQ accumulator and the semaphores; flash4.h), so a
+  // memset here would only cost bandwidth.
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
 // exp2_emulation: -1 off, 0 default, 1 on (the library checks the value too;
