@@ -7,11 +7,14 @@
 //   dV = P^T dO,  dK = c * dS^T Q,  dQ = c * dS K
 //
 // Workspace (BwdWorkspace in src/common/kernels.hpp; rows padded to
-// sq_pad = round_up(Sq, 128) per (b, h)):
+// sq_pad = round_up(Sq, 128) per (b, h); varlen: packed per head, see
+// BwdRowSpace):
 //   dq_accum  fp32 (B, Hq, sq_pad, D) as chunks of kBlockM rows (see below)
 //   lse_log2  fp32 (B, Hq, sq_pad): LSE * log2(e); +inf on rows >= Sq and on
 //             rows whose LSE is -inf (no visible key), so that P = 0 there
 //   dsum      fp32 (B, Hq, sq_pad): D_i; 0 on rows >= Sq
+// The preprocess writes every row the main kernel reads: the workspace needs
+// no initialisation by the caller.
 //
 // 1. bwd_preprocess_kernel: grid (sq_pad/64, Hq, B). D and lse_log2 of 64
 //    rows, and zeroes the same rows of dq_accum (deterministic: and their
@@ -41,6 +44,9 @@
 //               Epilogue: dK * c and dV through shared memory and TMA stores
 //               (the store clips the key tail); written even when the block
 //               sees no query (zero gradients).
+//      Deterministic kernels: the reduce-adds are issued by a dQ writer warp
+//               (warp 1 of WG0) from staged pieces (dq_full / dq_empty
+//               mbarriers), see "Deterministic mode".
 // 3. bwd_postprocess_kernel: grid (ceil(Sq/kBlockM), Hq, B). dq = c * dq_accum
 //    in the output dtype, through a shared-memory transpose (16-byte stores).
 //
@@ -58,16 +64,18 @@
 // fp32 sums on every run (dK / dV never depend on the order: registers).
 //   * dq_sem (workspace region; word 0 the CTA ticket counter, see below,
 //     the semaphores from word 4; zeroed by the preprocess): one int32 per
-//     (b, h, m, w), at (b * Hq + h) * (sq_pad / 32) + 2 m + w. Before its
-//     reduce-add of piece w, the consumer's elected thread spins until the
-//     semaphore equals its n_block (ld.acquire.gpu); after the add it waits
-//     for the add to complete in global memory (cp.async.bulk.wait_group 0,
-//     not .read), fences (async proxy, then gpu scope) and adds 1 (release).
-//   * The key blocks that add into (h, m) are a prefix 0..last(m) of the
-//     key blocks: a CTA adds into every m >= m_begin(n_block), and m_begin
-//     is non-decreasing in n_block (causal; 0 without a mask). So the k-th
-//     add into a piece comes from key block k, each contributing CTA adds
-//     exactly once, and "wait for n_block" counts exactly its predecessors.
+//     (b, h, m, w), at row_offset(h, m) / 32 + w (row_offset: the chunk's
+//     first workspace row). The consumers stage their pieces in shared
+//     memory; the writer warp spins until a piece's semaphore equals the
+//     number of adds that come before this CTA's (ld.acquire.gpu), issues
+//     the reduce-add, frees the staging buffer once read, waits for the add
+//     to complete in global memory (cp.async.bulk.wait_group 0, not .read),
+//     fences (async proxy, then gpu scope) and adds 1 (release).
+//   * The key blocks that add into (h, m) are contiguous, n_first(m) ..
+//     last(m) (bwd_m_range is exact and the visible region is a band), each
+//     contributing CTA adds exactly once, and in ascending order the adds
+//     before key block n are n - n_first(m) (n_first = 0 without a left
+//     window edge).
 //     Query blocks no key block reaches (causal, Sq > Sk) have no adds and
 //     no waiters. GQA: each query head has its own semaphores, and one CTA
 //     walks all heads of its group, so the order is over key blocks only.
@@ -91,18 +99,24 @@
 //     CTAs of a (b, h_kv) do not trail each other by one add each. Waits go
 //     to larger tickets too; progress needs every CTA of a (b, h_kv) to be
 //     able to run at once: tickets start in order, the (b, h_kv) before it
-//     finish, and at most one wave of them exists (det_rotate).
+//     finish, and at most half a wave of them exists (det_rotate).
 //   * Causal CTAs walk (m descending, query head fastest) instead of (head,
 //     m ascending): every CTA of a (b, h_kv) then visits the shared (h, m)
 //     in the same sequence, starting with the last query block, which every
 //     key block sees; the CTAs of one hb run in lock step one add apart
 //     instead of CTA n idling until CTA 0 reaches m_begin(n).
 //
-// Masking: key j is visible to query i iff j < Sk and (non-causal or
-// j <= i + Sk - Sq). Causal CTAs start at the first query block that sees
-// any of their keys; only blocks crossing the diagonal and the CTA holding
-// the key tail apply the mask. Query tails are zero-filled by TMA and have
-// lse_log2 = +inf, which makes P exactly 0 (no mask needed).
+// Masking: key j is visible to query i of a sequence with (Sq, Sk) iff
+// j < Sk (keys used: seqused_k applied), j <= i + Sk - Sq + right (right >= 0;
+// causal: right = 0) and j >= i + Sk - Sq - left (left >= 0). A CTA visits
+// exactly the query blocks that see one of its keys (bwd_m_range); only tiles
+// crossing the key tail or a window edge test elements. Query tails are
+// zero-filled by TMA and have lse_log2 = +inf, which makes P exactly 0.
+// Softcap (kSoftcap): t = tanh(c s / cap) replaces c s in P (exp2 multiplier
+// cap * log2(e)) and dS is multiplied by 1 - t^2.
+// Sequences: batched, or varlen (cu_seqlens) and seqused_k through ragged
+// 5-D TMA maps (sm90/tensor_map.hpp, BwdSeq): rows past a sequence read as 0
+// and are dropped on stores; keys in [seqused_k, key rows) get zero dK, dV.
 #pragma once
 #include <cuda.h>
 #include <cstdint>
