@@ -23,6 +23,7 @@
 
 #include "common/kernels.hpp"
 #include "sm90/bwd_launch.cuh"
+#include "sm90/host_common.hpp"
 #include "sm90/tensor_map.hpp"
 
 namespace flash4 {
@@ -98,30 +99,14 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     if (why) *why = reason;
     return false;
   };
-  if (cc_major != 9 || cc_minor != 0)
-    return no("sm90 backward is built for sm_90a and runs only on compute capability 9.0, not " +
-              std::to_string(cc_major) + "." + std::to_string(cc_minor));
-  if (p.dtype != DType::kBf16 && p.dtype != DType::kFp16)
-    return no("sm90 backward supports fp16 and bf16 only");
+  if (!sm90::common_supported(p, "sm90 backward", cc_major, cc_minor, why)) return false;
   if (p.headdim < 8 || p.headdim > 128 || p.headdim % 8 != 0)
     return no("sm90 backward has no kernel for head dim " + std::to_string(p.headdim) +
               " (runs 8..128 in multiples of 8; 192 and 256 are not implemented yet)");
-  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
-    return no("sm90 backward needs both cu_seqlens_q and cu_seqlens_k for varlen");
-  if (!(p.softcap >= 0.f) || !std::isfinite(p.softcap))
-    return no("sm90 backward needs a finite softcap >= 0");
-  if (p.window_left < -1 || p.window_right < -1) return no("window bounds must be >= -1");
-  if (p.is_causal && p.window_right != 0)
-    return no("sm90 backward: causal means window_right == 0");
   if (!std::isfinite(p.softmax_scale) || !std::isfinite(p.softmax_scale_log2))
     return no("sm90 backward needs a finite softmax_scale");
   if (p.softcap > 0.f && !(p.softmax_scale > 0.f))
     return no("sm90 backward with softcap needs softmax_scale > 0");
-  if (p.batch < 0 || p.seqlen_q < 0 || p.seqlen_k < 0) return no("negative size");
-  if (int64_t(p.seqlen_q) + p.seqlen_k >= (int64_t(1) << 30))
-    return no("sm90 backward supports seqlen_q + seqlen_k < 2^30 (32-bit mask arithmetic)");
-  if (p.heads_kv < 1 || p.heads_q < 1 || p.heads_q % p.heads_kv != 0)
-    return no("sm90 backward needs heads_q to be a multiple of heads_kv");
   if (p.batch > kMaxGridYZ || p.heads_q > kMaxGridYZ)
     return no("sm90 backward supports batch and heads_q up to 65535 (grid y/z)");
   if ((int64_t(p.seqlen_k) + kBwdBlockN - 1) / kBwdBlockN * p.heads_kv * p.batch > int64_t(INT32_MAX))
@@ -193,10 +178,14 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   // Without query rows there is no dQ to order (and no preprocess to zero
   // the semaphores): the plain kernel is the deterministic one.
   l.deterministic = p.deterministic && l.prep_blocks > 0;
-  // Windows at least as wide as the sequences bound nothing (and keep the
-  // kernel's 32-bit mask arithmetic small): left >= Sk, right >= Sq.
-  const int left = p.window_left >= p.seqlen_k ? -1 : p.window_left;
-  const int right = p.is_causal ? 0 : (p.window_right >= p.seqlen_q ? -1 : p.window_right);
+  const sm90::MaskEdges edges = sm90::mask_edges(p);
+  const int left = edges.left;
+  const int right = edges.right;
+  int num_sms = 0;
+  {
+    const cudaError_t e = sm90::sm_count(p, &num_sms);
+    if (e != cudaSuccess) return e;
+  }
   l.mask = left >= 0 || (!p.is_causal && right >= 0) ? sm90::BwdMask::kLocal
            : p.is_causal                              ? sm90::BwdMask::kCausal
                                                       : sm90::BwdMask::kNone;
@@ -244,13 +233,6 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
     // key block of a (b, h_kv) runs at once and Q / dO are read from DRAM
     // once. (A 32 MB L2 budget per section measured 15-27% slower at 512-1k:
     // L2 budget sweep, docs/perf.md.)
-    int num_sms = p.num_sms;
-    if (num_sms <= 0) {
-      int dev = 0;
-      cudaError_t e = cudaGetDevice(&dev);
-      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-      if (e != cudaSuccess) return e;
-    }
     int64_t hs = l.n_blocks > 0 ? num_sms / l.n_blocks : 1;
     if (hs < 1) hs = 1;
     if (hs > a.num_hb) hs = a.num_hb;
@@ -258,13 +240,6 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   }
   a.det_rotate = 0;
   if (l.deterministic && l.mask == sm90::BwdMask::kNone) {
-    int num_sms = p.num_sms;
-    if (num_sms <= 0) {
-      int dev = 0;
-      cudaError_t e = cudaGetDevice(&dev);
-      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-      if (e != cudaSuccess) return e;
-    }
     // One CTA per SM. The rotated order needs every key block of a (b, h_kv)
     // resident (progress) and pays for a (b, h_kv) only partly resident
     // (its CTAs wait for the rest): at least two (b, h_kv) per wave. With
@@ -272,14 +247,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
     // (0.92 vs 0.85 of the default at d64).
     a.det_rotate = 2 * l.n_blocks <= num_sms ? 1 : 0;
   }
-  if (l.softcap) {
-    constexpr double kLog2e = 1.4426950408889634;
-    a.softcap_pre = static_cast<float>(2.0 * kLog2e * double(p.softmax_scale) / double(p.softcap));
-    a.scale_log2 = static_cast<float>(double(p.softcap) * kLog2e);
-  } else {
-    a.softcap_pre = 0.f;
-    a.scale_log2 = p.softmax_scale_log2;
-  }
+  const sm90::ScoreFactors sf = sm90::score_factors(p);
+  a.scale_log2 = sf.scale_log2;
+  a.softcap_pre = sf.softcap_pre;
   a.softmax_scale = p.softmax_scale;
   a.dq_sem = l.deterministic ? dq_sem : nullptr;
   a.dq_ticket = l.deterministic ? dq_ticket : nullptr;

@@ -27,6 +27,7 @@
 
 #include "common/kernels.hpp"
 #include "sm90/fwd_launch.cuh"
+#include "sm90/host_common.hpp"
 #include "sm90/tensor_map.hpp"
 
 namespace flash4 {
@@ -63,35 +64,17 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
     if (why) *why = reason;
     return false;
   };
-  if (cc_major != 9 || cc_minor != 0)
-    return no("sm90 forward is built for sm_90a and runs only on compute capability 9.0, not " +
-              std::to_string(cc_major) + "." + std::to_string(cc_minor));
-  if (p.dtype != DType::kBf16 && p.dtype != DType::kFp16)
-    return no("sm90 forward supports fp16 and bf16 only");
+  if (!sm90::common_supported(p, "sm90 forward", cc_major, cc_minor, why)) return false;
   if (p.headdim < 8 || p.headdim > 256 || p.headdim % 8 != 0)
     return no("sm90 forward runs head dims 8..256 in multiples of 8, not " +
               std::to_string(p.headdim));
-  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
-    return no("sm90 forward needs both cu_seqlens_q and cu_seqlens_k for varlen");
   if (p.exp2_emulation > 0 && (p.headdim > 128 || p.softcap > 0.f))
     return no("sm90 forward builds exp2 emulation (exp2_emulation = 1) for head dims up to 128 "
               "without softcap only");
-  if (!(p.softcap >= 0.f) || !std::isfinite(p.softcap))
-    return no("sm90 forward needs a finite softcap >= 0");
   if (!(p.softmax_scale > 0.f) || !(p.softmax_scale_log2 > 0.f) ||
       !std::isfinite(p.softmax_scale))
     return no("sm90 forward needs a finite softmax_scale > 0 (the row max is taken on unscaled "
               "scores)");
-  if (p.window_left < -1 || p.window_right < -1) return no("window bounds must be >= -1");
-  if (p.is_causal && p.window_right != 0)
-    return no("sm90 forward: causal means window_right == 0");
-  if (p.batch < 0) return no("negative batch");
-  if (p.heads_q < 1) return no("sm90 forward needs heads_q >= 1");
-  if (p.heads_kv < 1 || p.heads_q % p.heads_kv != 0)
-    return no("sm90 forward needs heads_q to be a multiple of heads_kv");
-  if (p.seqlen_q < 0 || p.seqlen_k < 0) return no("negative sequence length");
-  if (int64_t(p.seqlen_q) + p.seqlen_k >= (int64_t(1) << 30))
-    return no("sm90 forward supports seqlen_q + seqlen_k < 2^30 (32-bit mask arithmetic)");
   if (static_cast<int64_t>((p.seqlen_q + 63) / 64) * p.heads_q * p.batch >
       (int64_t(1) << 31) - 1)
     return no("sm90 forward supports at most 2^31-1 output tiles");
@@ -152,26 +135,15 @@ cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKer
   a.seqused_k = p.seqused_k;
   a.q_ragged = q_ragged(p) ? 1 : 0;
   a.k_ragged = k_ragged(p) ? 1 : 0;
-  // Windows at least as wide as the sequences are no windows: left >= Sk
-  // (max) or right >= Sq (max) bound nothing (and this keeps the kernel's
-  // 32-bit mask arithmetic small).
-  a.window_left = p.window_left >= p.seqlen_k ? -1 : p.window_left;
-  a.window_right = p.is_causal ? 0 : (p.window_right >= p.seqlen_q ? -1 : p.window_right);
-  if (p.softcap > 0.f) {
-    constexpr double kLog2e = 1.4426950408889634;
-    a.softcap_pre = static_cast<float>(2.0 * kLog2e * double(p.softmax_scale) / double(p.softcap));
-    a.scale_log2 = static_cast<float>(double(p.softcap) * kLog2e);
-  } else {
-    a.softcap_pre = 0.f;
-    a.scale_log2 = p.softmax_scale_log2;
-  }
-  int num_sms = p.num_sms;
-  if (num_sms <= 0) {
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-  }
+  const MaskEdges edges = mask_edges(p);
+  a.window_left = edges.left;
+  a.window_right = edges.right;
+  const ScoreFactors sf = score_factors(p);
+  a.scale_log2 = sf.scale_log2;
+  a.softcap_pre = sf.softcap_pre;
+  int num_sms = 0;
+  const cudaError_t e = sm_count(p, &num_sms);
+  if (e != cudaSuccess) return e;
   *launch = plan_fwd_tiles(&a, block_m, p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv,
                            kd, num_sms, persistent);
   return cudaSuccess;
