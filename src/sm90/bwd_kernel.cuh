@@ -115,12 +115,13 @@
 // Softcap (kSoftcap): t = tanh(c s / cap) replaces c s in P (exp2 multiplier
 // cap * log2(e)) and dS is multiplied by 1 - t^2.
 // Sequences: batched, or varlen (cu_seqlens) and seqused_k through ragged
-// 5-D TMA maps (sm90/tensor_map.hpp, BwdSeq): rows past a sequence read as 0
+// 5-D TMA maps (sm90/tensor_map.hpp, sm90/sequence.cuh): rows past a sequence read as 0
 // and are dropped on stores; keys in [seqused_k, key rows) get zero dK, dV.
 #pragma once
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/bwd_ptx.cuh"
+#include "sm90/sequence.cuh"
 
 namespace flash4 {
 namespace sm90 {
@@ -137,13 +138,8 @@ struct BwdRowSpace {
   int sq_pad;               // batched: rows per (b, h), a multiple of 128
   int heads_q;
   int seqlen_q;  // batched Sq / varlen max_seqlen_q
-  // (first packed row, length) of sequence b; the length is clipped to
-  // max_seqlen_q as the forward does.
-  __device__ __forceinline__ int2 seq(int b) const {
-    if (cu_seqlens_q == nullptr) return make_int2(0, seqlen_q);
-    const int start = cu_seqlens_q[b];
-    return make_int2(start, max(0, min(cu_seqlens_q[b + 1] - start, seqlen_q)));
-  }
+  // (first packed row, length) of sequence b (sm90/sequence.cuh).
+  __device__ __forceinline__ int2 seq(int b) const { return seq_span(cu_seqlens_q, seqlen_q, b); }
   // (column, row) of query block m's rows in the 2-D maps of the row arrays:
   // batched {sq_pad, B * Hq}, varlen {ws_rows, Hq} (see base).
   __device__ __forceinline__ int2 map_coord(int b, int h, int q_start, int row) const {
@@ -280,40 +276,9 @@ enum BwdNamedBarrier : int {
   kBwdBarEpi = 4,  // both consumers finished every wgmma (256 threads)
 };
 
-// One sequence of the batch: lengths and TMA coordinates (ragged maps:
-// row coordinate L - len + pos, 5th coordinate start + len; tensor_map.hpp).
-struct BwdSeq {
-  int sq;        // queries
-  int sk;        // keys used (seqused_k applied): the mask's Sk
-  int sk_rows;   // key rows stored: dK / dV are written for all of them
-  int q_start;   // first packed query row (varlen), else 0
-  int q_row, q_ext;    // Q / dO (ragged)
-  int k_row, k_ext;    // K / V loads (ragged, len = sk: unused keys read as 0)
-  int ks_row, ks_ext;  // dK / dV stores (ragged, len = sk_rows)
-  int mb;              // batch coordinate of the maps (0 for varlen maps)
-};
-__device__ __forceinline__ BwdSeq bwd_seq(const BwdKernelArgs& a, int b) {
-  BwdSeq s;
-  const int2 q = a.rs.seq(b);
-  s.q_start = q.x;
-  s.sq = q.y;
-  s.sk_rows = a.seqlen_k;
-  s.mb = b;
-  int k_start = 0;
-  if (a.rs.cu_seqlens_q != nullptr) {
-    k_start = a.cu_seqlens_k[b];
-    s.sk_rows = max(0, min(a.cu_seqlens_k[b + 1] - k_start, a.seqlen_k));
-    s.mb = 0;
-  }
-  s.sk = s.sk_rows;
-  if (a.seqused_k != nullptr) s.sk = max(0, min(s.sk, a.seqused_k[b]));
-  s.q_row = a.rs.seqlen_q - s.sq;
-  s.q_ext = s.q_start + s.sq;
-  s.k_row = a.seqlen_k - s.sk;
-  s.k_ext = k_start + s.sk;
-  s.ks_row = a.seqlen_k - s.sk_rows;
-  s.ks_ext = k_start + s.sk_rows;
-  return s;
+// One sequence of the batch: lengths and TMA coordinates (sm90/sequence.cuh).
+__device__ __forceinline__ SeqCoords bwd_seq(const BwdKernelArgs& a, int b) {
+  return seq_coords(a.rs.cu_seqlens_q, a.cu_seqlens_k, a.seqused_k, a.rs.seqlen_q, a.seqlen_k, b);
 }
 
 // Query blocks [x, y) whose rows see a key of key block n_block. Key j is
@@ -394,7 +359,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   }
   const int b = hb / args.heads_kv;
   const int h_kv = hb - b * args.heads_kv;
-  const BwdSeq sqi = bwd_seq(args, b);
+  const SeqCoords sqi = bwd_seq(args, b);
   // Varlen: a key block past this sequence's rows has nothing to write
   // (uniform over the CTA; no barrier has been initialised yet).
   if (n_block * kBN >= sqi.sk_rows) return;
@@ -819,10 +784,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
         const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
         if (args.ks_ragged) {
-          tma_store_5d(&args.tm_dk, dk_src, p * 64, sqi.ks_row + key_start, h_kv, sqi.mb,
-                       sqi.ks_ext);
-          tma_store_5d(&args.tm_dv, dv_src, p * 64, sqi.ks_row + key_start, h_kv, sqi.mb,
-                       sqi.ks_ext);
+          // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
+          const int ks_row = args.seqlen_k - sqi.sk_rows;
+          const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
+          tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+          tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
         } else {
           tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
           tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);

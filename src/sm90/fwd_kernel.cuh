@@ -94,6 +94,7 @@
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/ptx.cuh"
+#include "sm90/sequence.cuh"
 
 namespace flash4 {
 namespace sm90 {
@@ -229,37 +230,9 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
 }
 
 // One sequence's lengths and TMA coordinates (see "Sequences" above).
-struct SeqInfo {
-  int sq, sk;       // queries, keys (seqused_k applied)
-  int q_start;      // first packed row (varlen), else 0
-  int q_row, q_ext; // Q/O: row coordinate of position 0, 5th coordinate
-  int k_row, k_ext; // K/V: likewise
-  int qb, kb;       // batch coordinates (0 for varlen maps)
-};
+using SeqInfo = SeqCoords;
 __device__ __forceinline__ SeqInfo seq_info(const FwdKernelArgs& a, int b) {
-  SeqInfo si;
-  si.sq = a.seqlen_q;
-  si.sk = a.seqlen_k;
-  si.q_start = 0;
-  si.q_row = si.q_ext = si.k_row = si.k_ext = 0;
-  si.qb = si.kb = b;
-  int k_start = 0;
-  if (a.cu_seqlens_q != nullptr) {
-    si.q_start = a.cu_seqlens_q[b];
-    // a max_seqlen below the real length drops the rows past it (never reads outside)
-    si.sq = max(0, min(a.cu_seqlens_q[b + 1] - si.q_start, a.seqlen_q));
-    k_start = a.cu_seqlens_k[b];
-    si.sk = max(0, min(a.cu_seqlens_k[b + 1] - k_start, a.seqlen_k));
-    si.q_row = a.seqlen_q - si.sq;
-    si.q_ext = si.q_start + si.sq;
-    si.qb = si.kb = 0;
-  }
-  if (a.seqused_k != nullptr) si.sk = max(0, min(si.sk, a.seqused_k[b]));
-  if (a.cu_seqlens_q != nullptr || a.seqused_k != nullptr) {
-    si.k_row = a.seqlen_k - si.sk;
-    si.k_ext = k_start + si.sk;
-  }
-  return si;
+  return seq_coords(a.cu_seqlens_q, a.cu_seqlens_k, a.seqused_k, a.seqlen_q, a.seqlen_k, b);
 }
 
 // K blocks [n_lo, n_hi) that tile rows [m0, m0 + kBM) visit, and the blocks
@@ -376,7 +349,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         for (int p = 0; p < C::kPanels; ++p) {
           if (args.q_ragged)
             tma_load_5d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, si.q_row + m0,
-                        tc.h, si.qb, si.q_ext);
+                        tc.h, si.mb, si.q_ext);
           else
             tma_load_4d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, m0, tc.h, tc.b);
         }
@@ -391,7 +364,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           for (int p = 0; p < C::kPanels; ++p) {
             if (args.k_ragged)
               tma_load_5d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
-                          p * 64, si.k_row + n * kBN, h_kv, si.kb, si.k_ext);
+                          p * 64, si.k_row + n * kBN, h_kv, si.mb, si.k_ext);
             else
               tma_load_4d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
                           p * 64, n * kBN, h_kv, tc.b);
@@ -402,7 +375,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           for (int p = 0; p < C::kPanels; ++p) {
             if (args.k_ragged)
               tma_load_5d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
-                          p * 64, si.k_row + n * kBN, h_kv, si.kb, si.k_ext);
+                          p * 64, si.k_row + n * kBN, h_kv, si.mb, si.k_ext);
             else
               tma_load_4d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
                           p * 64, n * kBN, h_kv, tc.b);
@@ -765,7 +738,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       for (int p = 0; p < C::kPanels; ++p) {
         if (args.q_ragged)
           tma_store_5d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64,
-                       se.q_row + m0e + cw * 64, te.h, se.qb, se.q_ext);
+                       se.q_row + m0e + cw * 64, te.h, se.mb, se.q_ext);
         else
           tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, m0e + cw * 64, te.h,
                        te.b);
