@@ -8,7 +8,8 @@
 //
 // Without a CUDA device, or without a device the backward runs on (the GPU
 // backward is Hopper-only for now), the GPU tests are skipped with the reason.
-// Head dims above 128 have no backward kernel yet (GpuBwdUnsupported).
+// Head dims above 128 run on the head-dim-256 kernel, without softcap or the
+// deterministic mode (GpuBwdUnsupported).
 //
 // Suites (all GpuBwd*):
 //   GpuBwdBase         {bf16, fp16} x (Sq,Sk) x d {64,128} x {non-causal, causal},
@@ -19,7 +20,9 @@
 //   GpuBwdWindow       random local windows, sliding-window causal, one-sided bands
 //   GpuBwdSoftcap      softcap in both dtypes, with causal and a window
 //   GpuBwdVarlen       varlen (empty sequences), seqused_k (varlen and batched)
-//   GpuBwdHeadDim      head dims 8..120 on the 64 / 128 kernels (zero-filled columns)
+//   GpuBwdHeadDim      head dims 8..256 on the 64 / 128 / 256 kernels (zero-filled
+//                      columns); the 256 kernel with GQA, causal with empty rows,
+//                      windows, varlen + seqused_k, padded layout, large scores
 //   GpuBwdEmpty        batch 0: no crash, nothing written
 //   GpuBwdRepeat       same inputs twice: dk/dv bitwise equal, dq within fp32
 //                      reordering noise (see compare_runs)
@@ -366,7 +369,7 @@ INSTANTIATE_TEST_SUITE_P(GpuBwd, GpuBwdVarlen, ::testing::ValuesIn(varlen_cases(
 // ---- head dims between the kernels' (TMA zero-fills the extra columns) ----------
 std::vector<Case> headdim_cases() {
   std::vector<Case> v;
-  for (int d : {8, 40, 72, 96, 120})
+  for (int d : {8, 40, 72, 96, 120, 136, 192, 200, 256})
     for (int causal = 0; causal < 2; ++causal) {
       Case c;
       Problem& p = c.p;
@@ -382,6 +385,36 @@ std::vector<Case> headdim_cases() {
   c.name = "bf16_d96_padded_window";
   c.p.layout = Layout::kPadded; c.p.seqlen_q = 300; c.p.seqlen_k = 300; c.p.window_left = 30; c.p.window_right = 10;
   v.push_back(c);
+  // The head-dim-256 kernel (64 keys per CTA, head dim split over the consumers).
+  auto base = [](int sq, int sk, int d, int hq, int hkv) {
+    Case k;
+    k.p.batch = 1; k.p.seqlen_q = sq; k.p.seqlen_k = sk; k.p.headdim = d; k.p.heads_q = hq; k.p.heads_kv = hkv;
+    return k;
+  };
+  c = base(1023, 1024, 256, 4, 1); c.name = "bf16_d256_1023x1024_gqa"; v.push_back(c);
+  c = base(1024, 700, 256, 2, 2); c.name = "fp16_d256_1024x700_causal"; c.p.causal = true;
+  c.p.dtype = FLASH4_DTYPE_FP16; v.push_back(c);  // rows that see no key
+  c = base(1, 1, 256, 2, 1); c.name = "bf16_d256_1x1"; v.push_back(c);
+  c = base(239, 517, 192, 4, 2); c.name = "bf16_d192_239x517_window"; c.p.batch = 2;
+  c.p.window_left = 77; c.p.window_right = 130; v.push_back(c);
+  c = base(700, 700, 256, 2, 1); c.name = "fp16_d256_700_causal_left100"; c.p.causal = true;
+  c.p.window_left = 100; c.p.dtype = FLASH4_DTYPE_FP16; v.push_back(c);
+  c = base(300, 190, 256, 4, 2); c.name = "bf16_d256_padded_std3_scale_neg"; c.p.batch = 2;
+  c.p.layout = Layout::kPadded; c.p.input_std = 3.0; c.p.softmax_scale = -0.08; v.push_back(c);
+  c = base(4224, 4224, 256, 1, 1); c.name = "bf16_d256_4224_causal"; c.p.causal = true; v.push_back(c);
+  c = base(300, 0, 256, 2, 1); c.name = "bf16_d256_sk0"; v.push_back(c);  // dq = 0
+  c = base(0, 300, 256, 2, 1); c.name = "bf16_d256_sq0"; v.push_back(c);  // dk = dv = 0
+  {
+    std::mt19937_64 rng(h::mix_seed(base_seed(), 0xb3));
+    c = Case{}; c.name = "varlen_bf16_d256_seqused";
+    h::random_lengths(&c.p, 5, 400, 500, false, true, rng);
+    c.p.headdim = 256; c.p.heads_q = 4; c.p.heads_kv = 2;
+    v.push_back(c);
+    c = Case{}; c.name = "varlen_fp16_d192_causal";
+    h::random_lengths(&c.p, 4, 300, 300, false, false, rng);
+    c.p.headdim = 192; c.p.heads_q = 2; c.p.heads_kv = 1; c.p.causal = true; c.p.dtype = FLASH4_DTYPE_FP16;
+    v.push_back(c);
+  }
   return seeded(v, 109);
 }
 class GpuBwdHeadDim : public GpuBwdSweep {};
@@ -747,9 +780,10 @@ TEST(GpuBwdUnsupported, SaysWhyAndWritesNothing) {
     void (*apply_args)(flash4_bwd_args*);
   };
   const Variant variants[] = {
-      {"head dim 136", "head dim 136", [](Problem* p) { p->headdim = 136; }, nullptr},
-      {"head dim 192", "head dim 192", [](Problem* p) { p->headdim = 192; }, nullptr},
-      {"head dim 256", "head dim 256", [](Problem* p) { p->headdim = 256; }, nullptr},
+      {"head dim 192 softcap", "softcap is not implemented for head dims above 128",
+       [](Problem* p) { p->headdim = 192; p->softcap = 20.0; }, nullptr},
+      {"head dim 256 deterministic", "deterministic mode is not implemented for head dims above 128",
+       [](Problem* p) { p->headdim = 256; }, [](flash4_bwd_args* a) { a->deterministic = 1; }},
       {"forced portable path", "portable", [](Problem* p) { p->path = FLASH4_PATH_PORTABLE; }, nullptr},
   };
   h::Stream stream;

@@ -8,9 +8,11 @@
 flash_attn_func and flash_attn_varlen_func take FlashAttention's arguments
 (see flash4.interface for the differences). The ops behind them are
 torch.ops.flash4.{fwd, bwd, fwd_varlen, bwd_varlen}: usable in torch.compile
-(fake kernels) and CUDA graphs. The GPU backward is not implemented in the
-library yet: backward() raises NotImplementedError; backward_available() says
-whether it runs, and forward_path() which kernels the forward takes.
+(fake kernels) and CUDA graphs. The backward runs on Hopper (sm_90) GPUs;
+elsewhere, and for softcap or deterministic mode above head dim 128,
+backward() raises NotImplementedError with the library's reason.
+backward_available() says whether it runs, and forward_path() which kernels
+the forward takes.
 """
 from ._ops import backward_available, library_path
 from .interface import flash_attn_func, flash_attn_varlen_func, forward_path

@@ -26,8 +26,9 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 //   round_up(cu_seqlens_q[b], 4) + 132 b (a multiple of 4: 16-byte aligned
 //   rows of the fp32 row arrays, which the kernel bulk-copies) with
 //   round_up(len, 128) rows, so rows = round_up(total_q + 132 * B, 4).
-//   dq_accum  fp32 rows x Hq x round_up(D, 64)  (offset 0; D of the kernel
-//             that runs: head dims between 64 and 128 use the 128 kernel)
+//   dq_accum  fp32 rows x Hq x d_pad            (offset 0; d_pad the head dim
+//             of the kernel that runs: 64, 128 or 256; in between, the
+//             next larger)
 //   lse_log2  fp32 rows x Hq                    (after dq_accum)
 //   dsum      fp32 rows x Hq                    (after lse_log2)
 //   dq_sem    deterministic only (after dsum, at a multiple of 16 bytes):
@@ -39,7 +40,7 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream);
 struct BwdWorkspace {
   uint64_t rows = 0;      // padded query rows over the batch (B * sq_pad batched)
   uint64_t sq_pad = 0;    // batched: round_up(Sq, 128)
-  uint64_t d_pad = 0;     // round_up(D, 64)
+  uint64_t d_pad = 0;     // 64, 128 or 256: the smallest one >= D (D > 256: round_up(D, 256))
   uint64_t dq_accum_offset = 0, lse_log2_offset = 0, dsum_offset = 0;  // bytes
   uint64_t dq_sem_offset = 0, dq_sem_bytes = 0;  // bytes; 0 bytes unless deterministic
   uint64_t total_bytes = 0;
@@ -50,7 +51,8 @@ inline bool bwd_workspace_layout(const BwdParams& p, int64_t total_q, BwdWorkspa
   r.sq_pad = (uint64_t(p.seqlen_q) + 127u) / 128u * 128u;
   r.rows = p.cu_seqlens_q != nullptr ? (uint64_t(total_q) + 132u * uint64_t(p.batch) + 3u) / 4u * 4u
                                      : uint64_t(p.batch) * r.sq_pad;
-  r.d_pad = (uint64_t(p.headdim) + 63u) / 64u * 64u;
+  const uint64_t d = p.headdim > 0 ? uint64_t(p.headdim) : 0u;
+  r.d_pad = d <= 64 ? 64u : d <= 128 ? 128u : (d + 255u) / 256u * 256u;
   uint64_t row_elems = 0, dq_elems = 0, dq_bytes = 0, row_bytes = 0, total = 0;
   if (__builtin_mul_overflow(r.rows, uint64_t(p.heads_q), &row_elems) ||
       __builtin_mul_overflow(row_elems, r.d_pad, &dq_elems) ||

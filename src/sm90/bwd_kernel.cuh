@@ -225,10 +225,19 @@ struct BwdConfig {
   static constexpr bool kLocal = kLocal_;
   static constexpr bool kSoftcap = kSoftcap_;
   static_assert(!(kCausal && kLocal), "a causal window is a kLocal kernel with right = 0");
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims: 64, 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "instantiated head dims: 64, 128, 256");
+  // Head dim 256: the two consumers share one block of 64 keys and split the
+  // head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK and dV do
+  // not fit in one warpgroup's registers.
+  static constexpr bool kSharedKeys = kHeadDim == 256;
+  static_assert(!(kSharedKeys && (kDeterministic || kSoftcap)),
+                "head dim 256: no deterministic or softcap kernels");
 
-  static constexpr int kBlockN = 128;              // keys per CTA: 2 consumers x 64
-  static constexpr int kBlockM = 8192 / kHeadDim;  // 128 (d 64) or 64 (d 128) queries
+  // keys per CTA: 2 consumers x 64, or 64 shared by both (head dim 256)
+  static constexpr int kBlockN = kSharedKeys ? 64 : 128;
+  // queries per iteration: 128 (d 64) or 64 (d 128, d 256)
+  static constexpr int kBlockM = kSharedKeys ? 64 : 8192 / kHeadDim;
   static constexpr int kStages = 2;                // Q / dO / row-array ring
   static constexpr int kNumThreads = 384;
   // 24 + 2 x 240 = 504 per lane. (32 + 2 x 240 = 512, the whole register
@@ -247,7 +256,12 @@ struct BwdConfig {
   static constexpr int kDQPieceFloats = 64 * 64;
   static constexpr int kDQPieceBytes = kDQPieceFloats * 4;
   static constexpr int kRowBytes = kBlockM * 4;
-  static_assert(kBlockM * kHeadDim == 2 * kDQPieceFloats, "a dQ chunk is two 64x64 pieces");
+  static_assert(kBlockM * kHeadDim == (kSharedKeys ? 4 : 2) * kDQPieceFloats,
+                "a dQ chunk is two (d 256: four) 64x64 pieces");
+  // Head dim 256: dQ goes out by vector reductions from registers (no
+  // staging); P^T crosses from consumer 0 to consumer 1 in fp32 instead.
+  static constexpr int kDQStageBytes = kSharedKeys ? 0 : 2 * kDQPieceBytes;
+  static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : 0;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffK = 0;
@@ -256,7 +270,8 @@ struct BwdConfig {
   static constexpr int kOffDO = kOffQ + kStages * kQBytes;
   static constexpr int kOffDS = kOffDO + kStages * kQBytes;
   static constexpr int kOffDQ = kOffDS + 2 * kDSBytes;
-  static constexpr int kOffLse = kOffDQ + 2 * kDQPieceBytes;
+  static constexpr int kOffP = kOffDQ + kDQStageBytes;
+  static constexpr int kOffLse = kOffP + kPBytes;
   static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
   // barriers: kv_full, full[S], empty[S] (deterministic: dq_full[2], dq_empty[2])
@@ -274,6 +289,7 @@ enum BwdNamedBarrier : int {
   kBwdBarWG0 = 2,  // per-consumer sync (kBwdBarWG0 + w, 128 threads)
   kBwdBarWG1 = 3,
   kBwdBarEpi = 4,  // both consumers finished every wgmma (256 threads)
+  kBwdBarP = 5,    // head dim 256: consumer 0 wrote P^T for consumer 1 (256 threads)
 };
 
 // One sequence of the batch: lengths and TMA coordinates (sm90/sequence.cuh).
@@ -299,9 +315,205 @@ __device__ __forceinline__ int2 bwd_m_range(int n_block, int sq, int sk, int lef
   return make_int2(static_cast<int>(i_lo / kBM), static_cast<int>(i_hi / kBM) + 1);
 }
 
+// Shared-memory regions of a CTA (offsets in C, from the 1024-aligned base).
 template <class C>
-__global__ void __launch_bounds__(C::kNumThreads, 1)
-    bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
+struct BwdSmem {
+  uint8_t* k;
+  uint8_t* v;
+  uint8_t* q;
+  uint8_t* dout;
+  uint8_t* ds;
+  float* dq;    // dQ staging (head dims 64, 128)
+  float* p;     // P^T exchange (head dim 256)
+  float* lse;   // lse_log2 rows, one block per stage
+  float* dsum;  // D rows, one block per stage
+  uint64_t* kv_full;
+  uint64_t* full;      // [kStages]
+  uint64_t* empty;     // [kStages]
+  uint64_t* dq_full;   // [2], deterministic only
+  uint64_t* dq_empty;  // [2], deterministic only
+  __device__ __forceinline__ explicit BwdSmem(uint8_t* base)
+      : k(base + C::kOffK),
+        v(base + C::kOffV),
+        q(base + C::kOffQ),
+        dout(base + C::kOffDO),
+        ds(base + C::kOffDS),
+        dq(reinterpret_cast<float*>(base + C::kOffDQ)),
+        p(reinterpret_cast<float*>(base + C::kOffP)),
+        lse(reinterpret_cast<float*>(base + C::kOffLse)),
+        dsum(reinterpret_cast<float*>(base + C::kOffDsum)),
+        kv_full(reinterpret_cast<uint64_t*>(base + C::kOffBar)),
+        full(kv_full + 1),
+        empty(kv_full + 1 + C::kStages),
+        dq_full(kv_full + 1 + 2 * C::kStages),
+        dq_empty(kv_full + 3 + 2 * C::kStages) {}
+};
+
+// The mask of one tile (kBM queries from q0 x a consumer's key rows) as one
+// thread sees it: element (c, hh, e) of its S^T fragment is key
+// key0 + 8 hh and query q0 + 8 c + 2 quad + e. any: some element of the tile
+// may be masked (the tile crosses the key tail or a window edge); only then
+// are elements tested.
+struct BwdTileMask {
+  int key0, q0, quad, sk, shift, left, right;
+  bool any;
+  __device__ __forceinline__ bool masked(int c, int hh, int e) const {
+    const int key = key0 + 8 * hh;
+    const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
+    bool m = key >= sk;
+    if (right >= 0) m = m || d > right;
+    if (left >= 0) m = m || d < -left;
+    return m;
+  }
+};
+// Key j is visible to query i iff j < sk and j - (i + shift) in [-left, right]
+// (shift = sk - sq; -1: unbounded); the block holds keys [j_first, j_first + kBN).
+template <int kBM, int kBN>
+__device__ __forceinline__ BwdTileMask bwd_tile_mask(int64_t j_first, int q0, int key0, int quad,
+                                                     int sk, int shift, int left, int right) {
+  bool any = j_first + kBN > sk;
+  const int64_t d_max = j_first + kBN - 1 - q0 - shift;    // largest j - (i + shift)
+  const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
+  if (right >= 0) any = any || d_max > right;
+  if (left >= 0) any = any || d_min < -left;
+  return BwdTileMask{key0, q0, quad, sk, shift, left, right, any};
+}
+
+// P^T = exp2(c2 S^T - lse_log2[query]) of one thread's S^T fragment (kBM
+// queries; p may alias s), masked elements -> 0 (exp2(-inf)).
+template <int kBM>
+__device__ __forceinline__ void bwd_p_from_s(float (&p)[kBM / 2], const float (&s)[kBM / 2],
+                                             const float* lse_s, float c2, int quad,
+                                             const BwdTileMask& mask) {
+#pragma unroll
+  for (int c = 0; c < kBM / 8; ++c) {
+    const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 4 * c + 2 * hh + e;
+        float x = fmaf(s[i], c2, -(e ? l.y : l.x));
+        if (mask.any && mask.masked(c, hh, e)) x = -INFINITY;
+        p[i] = ex2_approx(x);
+      }
+  }
+}
+
+// dS^T = P^T (dP^T - D[query]), in place over dP^T.
+template <int kBM>
+__device__ __forceinline__ void bwd_ds_from_dp(float (&dp)[kBM / 2], const float (&p)[kBM / 2],
+                                               const float* dsum_s, int quad) {
+#pragma unroll
+  for (int c = 0; c < kBM / 8; ++c) {
+    const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      dp[4 * c + 2 * hh] = p[4 * c + 2 * hh] * (dp[4 * c + 2 * hh] - dd.x);
+      dp[4 * c + 2 * hh + 1] = p[4 * c + 2 * hh + 1] * (dp[4 * c + 2 * hh + 1] - dd.y);
+    }
+  }
+}
+
+// S^T = K Q^T or dP^T = V dO^T for 64 key rows at a_addr (a K / V tile of
+// kBlockN rows) and the kBlockM query rows at b_addr: both operands K-major,
+// 128B swizzle, one commit group.
+template <class C>
+__device__ __forceinline__ void bwd_issue_kt(float (&acc)[C::kBlockM / 2], uint32_t a_addr,
+                                             uint32_t b_addr) {
+  reg_fence(a_addr);
+  reg_fence(b_addr);
+  const uint64_t a_desc = make_sw128_desc(a_addr, 16, 1024);
+  const uint64_t b_desc = make_sw128_desc(b_addr, 16, 1024);
+  // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
+  // operands: defining them here ends the previous iteration's live range.
+#pragma unroll
+  for (int i = 0; i < C::kBlockM / 2; ++i) acc[i] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
+    const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
+    const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
+    wgmma_ss<typename C::Elem, C::kBlockM>(acc, desc_advance(a_desc, off_a),
+                                           desc_advance(b_desc, off_b), kk > 0);
+  }
+  wgmma_commit_group();
+}
+
+// Byte offset, in a dS^T buffer (rows = keys, 128-byte swizzled rows of 64
+// queries, kBlockM / 64 panels), of the packed pair that fragment (key row r,
+// query chunk c of 8) holds: register ds_frag[c / 2][2 (c % 2) + hh] of the
+// thread with quad q sits at key row r + 8 hh.
+template <class C>
+__device__ __forceinline__ uint32_t bwd_ds_offset(uint32_t r, int c, int quad) {
+  return (c / 8) * C::kPanelBytesN + r * 128 + (((static_cast<uint32_t>(c % 8)) ^ (r & 7u)) << 4) +
+         quad * 4;
+}
+
+// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
+// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
+// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
+// scaled by sc.
+template <typename T, int kAccPanels>
+__device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
+                                               const float (&dk)[32 * kAccPanels],
+                                               const float (&dv)[32 * kAccPanels], uint32_t r,
+                                               int quad, uint32_t panel_bytes, int first_panel,
+                                               float sc) {
+  const uint32_t r7 = r & 7u;
+#pragma unroll
+  for (int p = 0; p < kAccPanels; ++p)
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 4 * (8 * p + c) + 2 * hh;
+        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
+                             ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
+        *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
+        *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
+      }
+}
+
+// TMA stores of staged dK / dV: 64 key rows from key_start, 64-column panels
+// [first_panel, first_panel + panels) (one thread; commits one group).
+__device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
+                                               const uint8_t* sK, const uint8_t* sV,
+                                               uint32_t panel_bytes, uint32_t row_in_tile,
+                                               int first_panel, int panels, int key_start, int h_kv,
+                                               int b) {
+  for (int p = first_panel; p < first_panel + panels; ++p) {
+    const uint8_t* dk_src = sK + p * panel_bytes + row_in_tile * 128;
+    const uint8_t* dv_src = sV + p * panel_bytes + row_in_tile * 128;
+    if (args.ks_ragged) {
+      // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
+      const int ks_row = args.seqlen_k - sqi.sk_rows;
+      const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
+      tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+      tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+    } else {
+      tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
+      tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
+    }
+  }
+  tma_store_commit();
+}
+
+// What a CTA works on, for its consumer warpgroups.
+struct BwdCta {
+  SeqCoords sqi;  // the sequence (lengths, TMA coordinates)
+  int b, h_kv, n_block;
+  int n_iters;      // (query head, query block) pairs to visit
+  int left, right;  // mask edges, -1 unbounded
+};
+
+// The consumers of head dims 64 and 128: consumer w owns keys
+// [64 w, 64 w + 64) of the block (file comment). iter_hm(it): (query head,
+// query block) of iteration it; row_offset(h, m): workspace row of (h, m).
+template <class C, class IterHm, class RowOffset>
+__device__ __forceinline__ void bwd_consumers_split_keys(const BwdKernelArgs& args, uint8_t* smem,
+                                                         const BwdCta& cta, IterHm iter_hm,
+                                                         RowOffset row_offset) {
   using T = typename C::Elem;
   constexpr int kD = C::kHeadDim;
   constexpr int kBM = C::kBlockM;
@@ -309,28 +521,240 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   constexpr int kS = C::kStages;
   constexpr int kNS = kBM / 2;  // S^T / dP^T accumulators per thread (64 keys x kBM)
   constexpr int kNK = kD / 2;   // dK / dV accumulators per thread (64 keys x kD)
+  const BwdSmem<C> sm(smem);
+  uint8_t* sK = sm.k;
+  uint8_t* sV = sm.v;
+  const SeqCoords& sqi = cta.sqi;
+  const int b = cta.b, h_kv = cta.h_kv, n_block = cta.n_block, n_iters = cta.n_iters;
+  const int Sq = sqi.sq, Sk = sqi.sk, left = cta.left, right = cta.right;
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int lane = tid % 32;
+  const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
+  const int wthr = tid - 128 * wg;  // thread within the warpgroup
+  const int warp_in_wg = wthr / 32;
+  const int quad = lane % 4;
+  const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
+  const int key0 = n_block * kBN + 64 * cw + row0;
+  const int shift = Sk - Sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
+  const float c2 = args.scale_log2;
+
+  const uint32_t k_base = smem_u32(sK);
+  const uint32_t v_base = smem_u32(sV);
+  const uint32_t q_base = smem_u32(sm.q);
+  const uint32_t do_base = smem_u32(sm.dout);
+  const uint32_t ds_base = smem_u32(sm.ds);
+  float* sDQ_mine = sm.dq + cw * C::kDQPieceFloats;
+
+  float dv[kNK];
+  float dk[kNK];
+  float s_acc[kNS];
+  float dp_acc[kNS];
+  float dq[32];
+  uint32_t p_frag[kBM / 16][4];
+  uint32_t ds_frag[kBM / 16][4];
+#pragma unroll
+  for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
+
+  mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int2 hm = iter_hm(it);
+    const int h = hm.x;
+    const int m = hm.y;
+    const int s = it % kS;
+    const uint32_t ph = (it / kS) & 1;
+    const int q0 = m * kBM;
+    mbar_wait(&sm.full[s], ph);
+
+    // S^T = K_w Q^T and dP^T = V_w dO^T (rows [64 cw, 64 cw + 64) of the key block)
+    bwd_issue_kt<C>(s_acc, k_base + cw * 64 * 128, q_base + s * C::kQBytes);
+    bwd_issue_kt<C>(dp_acc, v_base + cw * 64 * 128, do_base + s * C::kQBytes);
+
+    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
+    // (The consumer's keys: the mask's tile test over all kBN is conservative.)
+    const BwdTileMask mask = bwd_tile_mask<kBM, kBN>(static_cast<int64_t>(n_block) * kBN, q0, key0,
+                                                     quad, Sk, shift, left, right);
+    const bool need_mask = mask.any;
+    const float* lse_s = sm.lse + s * kBM;
+    const float* dsum_s = sm.dsum + s * kBM;
+    auto masked = [&](int c, int hh, int e) { return mask.masked(c, hh, e); };
+    if constexpr (C::kSoftcap) {
+      // t = tanh(scale s / cap); P = exp2(cap log2(e) t - lse); the softcap's
+      // derivative multiplies dS: dS^T = P^T (dP^T - D) (1 - t^2). Both
+      // accumulators first (t is needed with dP; no registers to keep it).
+      const float pre = args.softcap_pre;
+      wgmma_wait_group<0>();
+      reg_fence_array(s_acc);
+      reg_fence_array(dp_acc);
+#pragma unroll
+      for (int c = 0; c < kBM / 8; ++c) {
+        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int i = 4 * c + 2 * hh + e;
+            const float t = softcap_tanh(s_acc[i], pre);
+            float x = fmaf(t, c2, -(e ? l.y : l.x));
+            if (need_mask && masked(c, hh, e)) x = -INFINITY;
+            const float pv = ex2_approx(x);
+            s_acc[i] = pv;
+            dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
+          }
+      }
+    } else {
+      wgmma_wait_group<1>();
+      reg_fence_array(s_acc);
+      bwd_p_from_s<kBM>(s_acc, s_acc, lse_s, c2, quad, mask);
+      // ---- dS^T = P^T * (dP^T - D[query])
+      wgmma_wait_group<0>();
+      reg_fence_array(dp_acc);
+      bwd_ds_from_dp<kBM>(dp_acc, s_acc, dsum_s, quad);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+        ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
+      }
+
+    // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
+    {
+      uint32_t doa = do_base + s * C::kQBytes;
+      uint32_t qa = q_base + s * C::kQBytes;
+      reg_fence(doa);
+      reg_fence(qa);
+      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
+      wgmma_commit_group();
+    }
+
+    // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
+    {
+      uint8_t* buf = sm.ds + (it & 1) * C::kDSBytes;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int c = 0; c < kBM / 8; ++c)
+          *reinterpret_cast<uint32_t*>(
+              buf + bwd_ds_offset<C>(static_cast<uint32_t>(64 * cw + row0 + 8 * hh), c, quad)) =
+              ds_frag[c / 2][2 * (c % 2) + hh];
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(kBwdBarDS, 256);
+
+    // ---- dQ piece = dS K: A = dS (MN-major: queries contiguous), B = K (MN-major: d contiguous)
+    {
+      constexpr int kAPanelStep = kD == 64 ? 1 : 0;  // d 64: consumer w takes query rows 64w..
+      constexpr int kBPanelStep = kD == 64 ? 0 : 1;  // d 128: consumer w takes d columns 64w..
+      uint32_t da = ds_base + (it & 1) * C::kDSBytes + cw * kAPanelStep * C::kPanelBytesN;
+      uint32_t ka = k_base + cw * kBPanelStep * C::kPanelBytesN;
+      reg_fence(da);
+      reg_fence(ka);
+      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
+      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
+                                   desc_advance(b_desc, kk * 16 * 128), kk > 0);
+      wgmma_commit_group();
+    }
+    wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
+    reg_fence_array(dq);
+    reg_fence_array(dv);
+    reg_fence_array(dk);
+    __syncwarp();  // every lane's reads of the stage's row arrays come before the release
+    if (lane == 0) mbar_arrive(&sm.empty[s]);
+
+    // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
+    if constexpr (C::kDeterministic) {
+      // Staged for the writer warp (producer warpgroup), which adds it in
+      // turn; wait only until the writer has read this buffer's last piece.
+      mbar_wait(&sm.dq_empty[cw], (it & 1) ^ 1);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+      fence_proxy_async_smem();
+      mbar_arrive(&sm.dq_full[cw]);
+    } else {
+      if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
+                            sDQ_mine, C::kDQPieceBytes);
+        tma_store_commit();
+      }
+    }
+  }
+
+  // ------------------------------------------------------------- epilogue
+  // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
+  // become the staging buffers of dK / dV (this consumer's 64 rows).
+  named_bar_sync(kBwdBarEpi, 256);
+  bwd_stage_dkdv<T, C::kPanels>(sK, sV, dk, dv, static_cast<uint32_t>(64 * cw + row0), quad,
+                                C::kPanelBytesN, 0, args.softmax_scale);
+  fence_proxy_async_smem();
+  named_bar_sync(kBwdBarWG0 + cw, 128);
+  if (wthr == 0) {
+    const int key_start = n_block * kBN + 64 * cw;
+    if (key_start < sqi.sk_rows)  // keys in [sk, sk_rows) get their zero gradients
+      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 64 * cw, 0, C::kPanels, key_start, h_kv,
+                     b);
+    bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
+  }
+}
+
+}  // namespace sm90
+}  // namespace flash4
+
+#include "sm90/bwd_consumer_d256.cuh"  // needs the helpers above; the kernel below calls it
+
+namespace flash4 {
+namespace sm90 {
+
+template <class C>
+__global__ void __launch_bounds__(C::kNumThreads, 1)
+    bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
+  constexpr int kD = C::kHeadDim;
+  constexpr int kBM = C::kBlockM;
+  constexpr int kBN = C::kBlockN;
+  constexpr int kS = C::kStages;
 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                              ~static_cast<uintptr_t>(1023));
-  uint8_t* sK = smem + C::kOffK;
-  uint8_t* sV = smem + C::kOffV;
-  uint8_t* sQ = smem + C::kOffQ;
-  uint8_t* sDO = smem + C::kOffDO;
-  uint8_t* sDS = smem + C::kOffDS;
-  float* sDQ = reinterpret_cast<float*>(smem + C::kOffDQ);
-  float* sLse = reinterpret_cast<float*>(smem + C::kOffLse);
-  float* sDsum = reinterpret_cast<float*>(smem + C::kOffDsum);
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
-  uint64_t* kv_full = bars;
-  uint64_t* full = bars + 1;
-  uint64_t* empty = bars + 1 + kS;
-  uint64_t* dq_full = bars + 1 + 2 * kS;   // deterministic only
-  uint64_t* dq_empty = dq_full + 2;        // deterministic only
+  const BwdSmem<C> sm(smem);
+  uint8_t* sK = sm.k;
+  uint8_t* sV = sm.v;
+  uint8_t* sQ = sm.q;
+  uint8_t* sDO = sm.dout;
+  float* sDQ = sm.dq;
+  float* sLse = sm.lse;
+  float* sDsum = sm.dsum;
+  uint64_t* kv_full = sm.kv_full;
+  uint64_t* full = sm.full;
+  uint64_t* empty = sm.empty;
+  uint64_t* dq_full = sm.dq_full;    // deterministic only
+  uint64_t* dq_empty = sm.dq_empty;  // deterministic only
 
   const int tid = threadIdx.x;
   const int wg = tid / 128;
-  const int lane = tid % 32;
   // CTA order (1-D grid of num_n_blocks * num_hb): non-causal, key blocks
   // fastest, so CTAs running together share one head's Q / dO in L2. Causal:
   // (b, h_kv) pairs in sections of hb_per_section (sized on the host so that
@@ -518,286 +942,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 
   // -------------------------------------------------------------- consumers
   setmaxnreg_inc<C::kConsumerRegs>();
-  const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
-  const int wthr = tid - 128 * wg;  // thread within the warpgroup
-  const int warp_in_wg = wthr / 32;
-  const int quad = lane % 4;
-  const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
-  const int key0 = n_block * kBN + 64 * cw + row0;
-  const int shift = Sk - Sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
-  const float c2 = args.scale_log2;
-  const bool key_tail = static_cast<int64_t>(n_block + 1) * kBN > Sk;
-
-  const uint32_t k_base = smem_u32(sK);
-  const uint32_t v_base = smem_u32(sV);
-  const uint32_t q_base = smem_u32(sQ);
-  const uint32_t do_base = smem_u32(sDO);
-  const uint32_t ds_base = smem_u32(sDS);
-  float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
-
-  float dv[kNK];
-  float dk[kNK];
-  float s_acc[kNS];
-  float dp_acc[kNS];
-  float dq[32];
-  uint32_t p_frag[kBM / 16][4];
-  uint32_t ds_frag[kBM / 16][4];
-#pragma unroll
-  for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
-
-  // S^T = K_w Q^T (acc) or dP^T = V_w dO^T: both operands K-major, 128B swizzle.
-  auto issue_kt = [&](float(&acc)[kNS], uint32_t a_tile, uint32_t b_tile) {
-    uint32_t aa = a_tile + cw * 64 * 128;  // rows [64 cw, 64 cw + 64) of the key block
-    uint32_t ba = b_tile;
-    reg_fence(aa);
-    reg_fence(ba);
-    const uint64_t a_desc = make_sw128_desc(aa, 16, 1024);
-    const uint64_t b_desc = make_sw128_desc(ba, 16, 1024);
-    // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
-    // operands: defining them here ends the previous iteration's live range.
-#pragma unroll
-    for (int i = 0; i < kNS; ++i) acc[i] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
-      const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
-      wgmma_ss<T, kBM>(acc, desc_advance(a_desc, off_a), desc_advance(b_desc, off_b), kk > 0);
-    }
-    wgmma_commit_group();
-  };
-
-  mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-
-  for (int it = 0; it < n_iters; ++it) {
-    const int2 hm = iter_hm(it);
-    const int h = hm.x;
-    const int m = hm.y;
-    const int s = it % kS;
-    const uint32_t ph = (it / kS) & 1;
-    const int q0 = m * kBM;
-    mbar_wait(&full[s], ph);
-
-    issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
-    issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
-
-    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
-    // Only tiles that cross the key tail or a mask edge test elements.
-    bool need_mask = key_tail;
-    {
-      const int64_t j_first = static_cast<int64_t>(n_block) * kBN;
-      const int64_t d_max = j_first + kBN - 1 - q0 - shift;  // largest j - (i + shift)
-      const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
-      if (right >= 0) need_mask = need_mask || d_max > right;
-      if (left >= 0) need_mask = need_mask || d_min < -left;
-    }
-    const float* lse_s = sLse + s * kBM;
-    const float* dsum_s = sDsum + s * kBM;
-    // Element (c, hh, e): key key0 + 8 hh, query q0 + 8 c + 2 quad + e.
-    auto masked = [&](int c, int hh, int e) -> bool {
-      const int key = key0 + 8 * hh;
-      const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
-      bool m = key >= Sk;
-      if (right >= 0) m = m || d > right;
-      if (left >= 0) m = m || d < -left;
-      return m;
-    };
-    if constexpr (C::kSoftcap) {
-      // t = tanh(scale s / cap); P = exp2(cap log2(e) t - lse); the softcap's
-      // derivative multiplies dS: dS^T = P^T (dP^T - D) (1 - t^2). Both
-      // accumulators first (t is needed with dP; no registers to keep it).
-      const float pre = args.softcap_pre;
-      wgmma_wait_group<0>();
-      reg_fence_array(s_acc);
-      reg_fence_array(dp_acc);
-#pragma unroll
-      for (int c = 0; c < kBM / 8; ++c) {
-        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
-        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int i = 4 * c + 2 * hh + e;
-            const float t = softcap_tanh(s_acc[i], pre);
-            float x = fmaf(t, c2, -(e ? l.y : l.x));
-            if (need_mask && masked(c, hh, e)) x = -INFINITY;
-            const float pv = ex2_approx(x);
-            s_acc[i] = pv;
-            dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
-          }
-      }
-    } else {
-      wgmma_wait_group<1>();
-      reg_fence_array(s_acc);
-#pragma unroll
-      for (int c = 0; c < kBM / 8; ++c) {
-        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
-          float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
-          if (need_mask) {
-            if (masked(c, hh, 0)) x0 = -INFINITY;
-            if (masked(c, hh, 1)) x1 = -INFINITY;
-          }
-          s_acc[4 * c + 2 * hh] = ex2_approx(x0);
-          s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
-        }
-      }
-      // ---- dS^T = P^T * (dP^T - D[query])
-      wgmma_wait_group<0>();
-      reg_fence_array(dp_acc);
-#pragma unroll
-      for (int c = 0; c < kBM / 8; ++c) {
-        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
-          dp_acc[4 * c + 2 * hh + 1] =
-              s_acc[4 * c + 2 * hh + 1] * (dp_acc[4 * c + 2 * hh + 1] - dd.y);
-        }
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-        ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
-      }
-
-    // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
-    {
-      uint32_t doa = do_base + s * C::kQBytes;
-      uint32_t qa = q_base + s * C::kQBytes;
-      reg_fence(doa);
-      reg_fence(qa);
-      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
-      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
-      wgmma_commit_group();
-    }
-
-    // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
-    {
-      uint8_t* buf = sDS + (it & 1) * C::kDSBytes;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const uint32_t r = static_cast<uint32_t>(64 * cw + row0 + 8 * hh);
-        uint8_t* row_base = buf + r * 128 + quad * 4;
-#pragma unroll
-        for (int c = 0; c < kBM / 8; ++c) {
-          const uint32_t chunk = static_cast<uint32_t>(c % 8);
-          *reinterpret_cast<uint32_t*>(row_base + (c / 8) * C::kPanelBytesN +
-                                       ((chunk ^ (r & 7u)) << 4)) = ds_frag[c / 2][2 * (c % 2) + hh];
-        }
-      }
-    }
-    fence_proxy_async_smem();
-    named_bar_sync(kBwdBarDS, 256);
-
-    // ---- dQ piece = dS K: A = dS (MN-major: queries contiguous), B = K (MN-major: d contiguous)
-    {
-      constexpr int kAPanelStep = kD == 64 ? 1 : 0;  // d 64: consumer w takes query rows 64w..
-      constexpr int kBPanelStep = kD == 64 ? 0 : 1;  // d 128: consumer w takes d columns 64w..
-      uint32_t da = ds_base + (it & 1) * C::kDSBytes + cw * kAPanelStep * C::kPanelBytesN;
-      uint32_t ka = k_base + cw * kBPanelStep * C::kPanelBytesN;
-      reg_fence(da);
-      reg_fence(ka);
-      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
-      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
-                                   desc_advance(b_desc, kk * 16 * 128), kk > 0);
-      wgmma_commit_group();
-    }
-    wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
-    reg_fence_array(dq);
-    reg_fence_array(dv);
-    reg_fence_array(dk);
-    __syncwarp();  // every lane's reads of the stage's row arrays come before the release
-    if (lane == 0) mbar_arrive(&empty[s]);
-
-    // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
-    if constexpr (C::kDeterministic) {
-      // Staged for the writer warp (producer warpgroup), which adds it in
-      // turn; wait only until the writer has read this buffer's last piece.
-      mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-      fence_proxy_async_smem();
-      mbar_arrive(&dq_full[cw]);
-    } else {
-      if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-      fence_proxy_async_smem();
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
-                            sDQ_mine, C::kDQPieceBytes);
-        tma_store_commit();
-      }
-    }
-  }
-
-  // ------------------------------------------------------------- epilogue
-  // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
-  // become the staging buffers of dK / dV (this consumer's 64 rows).
-  named_bar_sync(kBwdBarEpi, 256);
-  {
-    const float sc = args.softmax_scale;
-    const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
-    const uint32_t r7 = r & 7u;
-#pragma unroll
-    for (int p = 0; p < C::kPanels; ++p)
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int i = 4 * (8 * p + c) + 2 * hh;
-          const uint32_t off = p * C::kPanelBytesN + (r + 8 * hh) * 128 +
-                               ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
-          *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
-          *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
-        }
-  }
-  fence_proxy_async_smem();
-  named_bar_sync(kBwdBarWG0 + cw, 128);
-  if (wthr == 0) {
-    const int key_start = n_block * kBN + 64 * cw;
-    if (key_start < sqi.sk_rows) {  // keys in [sk, sk_rows) get their zero gradients
-#pragma unroll
-      for (int p = 0; p < C::kPanels; ++p) {
-        const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
-        const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
-        if (args.ks_ragged) {
-          // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
-          const int ks_row = args.seqlen_k - sqi.sk_rows;
-          const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
-          tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-          tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-        } else {
-          tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
-          tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
-        }
-      }
-      tma_store_commit();
-    }
-    bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
-  }
+  const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
+  if constexpr (C::kSharedKeys)
+    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
+  else
+    bwd_consumers_split_keys<C>(args, smem, work, iter_hm, row_offset);
 }
 
 // ---------------------------------------------------------------------------
@@ -868,34 +1017,61 @@ __global__ void __launch_bounds__(256)
 }
 
 // ---------------------------------------------------------------------------
-// Postprocess: one query block (kBlockM rows) of one (b, h) per CTA.
+// Postprocess: kRows query rows of one (b, h) per CTA: a query block's dq_accum
+// chunk (d 64: 128 rows, d 128: 64), or half of one (d 256: 32 of 64 rows).
 // ---------------------------------------------------------------------------
+template <int kD>
+__host__ __device__ constexpr int bwd_post_rows() {
+  return kD == 256 ? 32 : 8192 / kD;
+}
+
 template <typename T, int kD>
 __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs a) {
-  constexpr int kBM = 8192 / kD;
+  constexpr int kRows = bwd_post_rows<kD>();
+  constexpr int kChunkRows = kD == 256 ? 64 : kRows;  // the main kernel's kBlockM
+  constexpr int kParts = kChunkRows / kRows;
   constexpr int kLd = kD + 4;  // padded row (floats); 16-byte aligned rows
-  __shared__ __align__(16) float tile[kBM * kLd];
-  const int m = static_cast<int>(blockIdx.x);
+  static_assert(kRows * kD == 8192, "8192 floats per CTA");
+  __shared__ __align__(16) float tile[kRows * kLd];
+  const int m = static_cast<int>(blockIdx.x) / kParts;    // query block (chunk)
+  const int part = static_cast<int>(blockIdx.x) % kParts;  // d 256: which 32 rows
   const int h = static_cast<int>(blockIdx.y);
   const int b = static_cast<int>(blockIdx.z);
   const int2 sq = a.rs.seq(b);
-  if (m * kBM >= sq.y) return;  // varlen: past this sequence
-  const float* chunk = a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kBM) * kD;
+  const int first_row = m * kChunkRows + part * kRows;
+  if (first_row >= sq.y) return;  // varlen: past this sequence
+  const float* chunk =
+      a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kChunkRows) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
-    const int w = e >> 12, i = (e >> 7) & 31, t = e & 127;
+    // (piece w, register i, thread t) of the wgmma fragment -> (row, col).
+    int w, i, t, src;
+    if constexpr (kD == 256) {
+      // bwd_consumer_d256.cuh: offset (i / 4) 512 + 4 t + i % 4 in a piece;
+      // rows [32 part, 32 part + 32) are threads [64 part, 64 part + 64).
+      w = e >> 11;
+      const int g = (e >> 8) & 7, r = e & 255;
+      t = 64 * part + (r >> 2);
+      i = 4 * g + (r & 3);
+      src = w * 4096 + g * 512 + 4 * t + (r & 3);
+    } else {
+      w = e >> 12;
+      i = (e >> 7) & 31;
+      t = e & 127;
+      src = e;
+    }
     const int warp = t >> 5, ln = t & 31;
     const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
     const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
-    const int row = kD == 64 ? 64 * w + r : r;
+    const int row = kD == 64 ? 64 * w + r : r - part * kRows;
     const int col = kD == 64 ? c : 64 * w + c;
-    tile[row * kLd + col] = chunk[e];
+    tile[row * kLd + col] = chunk[src];
   }
   __syncthreads();
   const float sc = a.softmax_scale;
   const int groups = a.headdim / 8;  // 16-byte groups of a real row
-  for (int e = threadIdx.x; e < kBM * (kD / 8); e += 256) {
+  for (int e = threadIdx.x; e < kRows * (kD / 8); e += 256) {
     const int row = e / (kD / 8), cg = e % (kD / 8);
-    const int i = m * kBM + row;
+    const int i = first_row + row;
     if (i >= sq.y || cg >= groups) continue;
     const float4 lo = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8]);
     const float4 hi = *reinterpret_cast<const float4*>(&tile[row * kLd + cg * 8 + 4]);

@@ -19,9 +19,9 @@ struct BwdLaunch {
   int batch = 0;
   int heads_q = 0;
   int heads_kv = 0;
-  int n_blocks = 0;     // ceil(Sk / 128): main-kernel CTAs per (b, h_kv)
+  int n_blocks = 0;     // ceil(Sk / kBlockN): main-kernel CTAs per (b, h_kv)
   int prep_blocks = 0;  // sq_pad / 64
-  int post_blocks = 0;  // ceil(Sq / kBlockM)
+  int post_blocks = 0;  // ceil(Sq / bwd_post_rows)
   BwdMask mask = BwdMask::kNone;
   bool softcap = false;
   // Deterministic mode (main.dq_sem / dq_ticket and dq_sem_region set);
@@ -30,14 +30,25 @@ struct BwdLaunch {
   int* dq_sem_region = nullptr;  // the workspace's dq_sem region
 };
 
-template <int kD>
-constexpr int bwd_block_m() {
-  return BwdConfig<kD, __nv_bfloat16, false>::kBlockM;
-}
-
-// The kernel head dim that runs head dim d (8..128, multiple of 8): maps are
+// The kernel head dim that runs head dim d (8..256, multiple of 8): maps are
 // d columns wide, TMA zero-fills the rest (sm90/tensor_map.hpp).
-inline int bwd_kernel_headdim(int d) { return d <= 64 ? 64 : 128; }
+inline int bwd_kernel_headdim(int d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
+
+// Tile sizes of the main kernel for kernel head dim kd (64, 128, 256), and
+// the query rows of a postprocess CTA.
+inline int bwd_block_m(int kd) {
+  return kd == 64    ? BwdConfig<64, __nv_bfloat16, false>::kBlockM
+         : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockM
+                     : BwdConfig<256, __nv_bfloat16, false>::kBlockM;
+}
+inline int bwd_block_n(int kd) {
+  return kd == 64    ? BwdConfig<64, __nv_bfloat16, false>::kBlockN
+         : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockN
+                     : BwdConfig<256, __nv_bfloat16, false>::kBlockN;
+}
+inline int bwd_post_rows(int kd) {
+  return kd == 64 ? bwd_post_rows<64>() : kd == 128 ? bwd_post_rows<128>() : bwd_post_rows<256>();
+}
 
 template <class C>
 cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
@@ -80,8 +91,13 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (l.n_blocks > 0) {
-    const cudaError_t e = l.softcap ? launch_bwd_main_masked<kD, T, kDeterministic, true>(l, stream)
-                                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
+    cudaError_t e;
+    if constexpr (BwdConfig<kD, T, false>::kSharedKeys)  // head dim 256: no softcap kernels
+      e = l.softcap ? cudaErrorNotSupported
+                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
+    else
+      e = l.softcap ? launch_bwd_main_masked<kD, T, kDeterministic, true>(l, stream)
+                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
     if (e != cudaSuccess) return e;
   }
   if (l.post_blocks > 0) {
@@ -105,6 +121,8 @@ cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, cudaStream_t strea
 // deterministic kernels come from the *_det.cu files, compiled apart).
 cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, cudaStream_t stream);
+// Defined in bwd_sm90_hdim256.cu (no deterministic or softcap kernels).
+cudaError_t bwd_run_hdim256(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 // Defined in bwd_sm90_hdim64_det.cu / bwd_sm90_hdim128_det.cu.
 cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 cudaError_t bwd_run_hdim128_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);

@@ -15,6 +15,8 @@
 //   fence_proxy_async_global fence.proxy.async.global: orders the async
 //                            proxy's (bulk copies') global accesses with the
 //                            generic proxy's.
+//   red_add_v4_f32           red.global.add.v4.f32: four fp32 adds to 16
+//                            aligned bytes (head dim 256: dQ from registers).
 //   ld_acquire_gpu_s32       ld.acquire.gpu.global.s32
 //   red_release_gpu_add_s32  red.release.gpu.global.add.s32
 //   sem_wait_eq              spin (ld.acquire.gpu, __nanosleep backoff) until
@@ -72,6 +74,14 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float
 
 __device__ __forceinline__ void bulk_wait_all() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// Relaxed fp32 vector reduction (sm_90): gmem_dst 16-byte aligned.
+__device__ __forceinline__ void red_add_v4_f32(float* gmem_dst, float a, float b, float c,
+                                               float d) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(gmem_dst), "f"(a), "f"(b),
+               "f"(c), "f"(d)
+               : "memory");
 }
 
 // ---------------------------------------------------------------------------

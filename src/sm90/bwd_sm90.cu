@@ -3,17 +3,18 @@
 // bwd_sm90_hdim*.cu.
 //
 // Coverage (everything else is answered "not supported" with the reason):
-//   compute capability 9.0 (sm_90a code), fp16/bf16, head dims 8..128 in
-//   multiples of 8 (kernels for 64 and 128; a head dim in between runs on
-//   the next larger kernel with maps D columns wide: TMA zero-fills the
+//   compute capability 9.0 (sm_90a code), fp16/bf16, head dims 8..256 in
+//   multiples of 8 (kernels for 64, 128 and 256; a head dim in between runs
+//   on the next larger kernel with maps D columns wide: TMA zero-fills the
 //   missing columns of Q/K/V/dO and drops them from dK/dV), batched or
 //   varlen (cu_seqlens) layout with 16-byte-multiple strides, seqused_k,
 //   any Sq/Sk >= 0 (Sq + Sk < 2^30), GQA/MQA, causal (bottom-right
 //   aligned), local windows (left/right, with or without causal), softcap,
 //   any finite softmax_scale, deterministic dQ (fixed order of the fp32
 //   adds: bwd_kernel.cuh).
-//   Not yet: head dims above 128 (192 / 256 need another tiling: the
-//   K/V-stationary CTA's dK and dV accumulators do not fit in registers).
+//   Not yet: softcap and the deterministic mode above head dim 128 (the
+//   head-dim-256 kernel splits the head dim over its consumers and has no
+//   buffer left for either: bwd_consumer_d256.cuh).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -32,10 +33,6 @@ namespace {
 
 using sm90::TmaTensor;
 
-constexpr int kBwdBlockN = 128;
-static_assert(sm90::BwdConfig<64, __nv_bfloat16, false>::kBlockN == kBwdBlockN &&
-                  sm90::BwdConfig<128, __nv_bfloat16, false>::kBlockN == kBwdBlockN,
-              "host key-block size must match the kernel configuration");
 constexpr int kMaxGridYZ = 65535;
 
 // Varlen tensors are (total, H, D): one "batch" entry in the maps.
@@ -76,14 +73,14 @@ struct MapSpec {
 };
 bool encode_all(const BwdParams& p, sm90::BwdKernelArgs* a) {
   const bool bf16 = p.dtype == DType::kBf16;
-  const uint32_t bm =
-      static_cast<uint32_t>(sm90::bwd_kernel_headdim(p.headdim) == 64 ? sm90::bwd_block_m<64>()
-                                                                      : sm90::bwd_block_m<128>());
+  const int kd = sm90::bwd_kernel_headdim(p.headdim);
+  const uint32_t bm = static_cast<uint32_t>(sm90::bwd_block_m(kd));
+  const uint32_t bn = static_cast<uint32_t>(sm90::bwd_block_n(kd));
   const MapSpec specs[6] = {
       {&a->tm_q, q_tensor(p), q_ragged(p), bm},
       {&a->tm_do, do_tensor(p), q_ragged(p), bm},
-      {&a->tm_k, k_tensor(p), k_ragged(p), kBwdBlockN},
-      {&a->tm_v, v_tensor(p), k_ragged(p), kBwdBlockN},
+      {&a->tm_k, k_tensor(p), k_ragged(p), bn},
+      {&a->tm_v, v_tensor(p), k_ragged(p), bn},
       {&a->tm_dk, dk_tensor(p), q_ragged(p), 64},  // stores: ragged only for varlen
       {&a->tm_dv, dv_tensor(p), q_ragged(p), 64},
   };
@@ -100,16 +97,23 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     return false;
   };
   if (!sm90::common_supported(p, "sm90 backward", cc_major, cc_minor, why)) return false;
-  if (p.headdim < 8 || p.headdim > 128 || p.headdim % 8 != 0)
+  if (p.headdim < 8 || p.headdim > 256 || p.headdim % 8 != 0)
     return no("sm90 backward has no kernel for head dim " + std::to_string(p.headdim) +
-              " (runs 8..128 in multiples of 8; 192 and 256 are not implemented yet)");
+              " (runs 8..256 in multiples of 8)");
+  if (p.headdim > 128 && p.deterministic)
+    return no("sm90 backward: deterministic mode is not implemented for head dims above 128 "
+              "(head dim " + std::to_string(p.headdim) + ")");
+  if (p.headdim > 128 && p.softcap > 0.f)
+    return no("sm90 backward: softcap is not implemented for head dims above 128 (head dim " +
+              std::to_string(p.headdim) + ")");
   if (!std::isfinite(p.softmax_scale) || !std::isfinite(p.softmax_scale_log2))
     return no("sm90 backward needs a finite softmax_scale");
   if (p.softcap > 0.f && !(p.softmax_scale > 0.f))
     return no("sm90 backward with softcap needs softmax_scale > 0");
   if (p.batch > kMaxGridYZ || p.heads_q > kMaxGridYZ)
     return no("sm90 backward supports batch and heads_q up to 65535 (grid y/z)");
-  if ((int64_t(p.seqlen_k) + kBwdBlockN - 1) / kBwdBlockN * p.heads_kv * p.batch > int64_t(INT32_MAX))
+  const int bn = sm90::bwd_block_n(sm90::bwd_kernel_headdim(p.headdim));
+  if ((int64_t(p.seqlen_k) + bn - 1) / bn * p.heads_kv * p.batch > int64_t(INT32_MAX))
     return no("sm90 backward supports at most 2^31 - 1 key blocks (x kv heads x batch)");
   constexpr const char* kPath = "sm90 backward";
   if (!sm90::tma_check(kPath, "q", q_tensor(p), q_ragged(p), why) ||
@@ -152,7 +156,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == DType::kBf16;
   const int kd = sm90::bwd_kernel_headdim(p.headdim);
   if (ws.d_pad != static_cast<uint64_t>(kd)) return cudaErrorInvalidValue;  // layout mismatch
-  const int block_m = kd == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
+  const int block_m = sm90::bwd_block_m(kd);
+  const int block_n = sm90::bwd_block_n(kd);
+  const int post_rows = sm90::bwd_post_rows(kd);
   uint8_t* base = static_cast<uint8_t*>(p.workspace);
   float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
   float* lse_log2 = reinterpret_cast<float*>(base + ws.lse_log2_offset);
@@ -172,9 +178,9 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   l.batch = p.batch;
   l.heads_q = p.heads_q;
   l.heads_kv = p.heads_kv;
-  l.n_blocks = (p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN;
+  l.n_blocks = (p.seqlen_k + block_n - 1) / block_n;
   l.prep_blocks = static_cast<int>(ws.sq_pad / 64);
-  l.post_blocks = (p.seqlen_q + block_m - 1) / block_m;
+  l.post_blocks = (p.seqlen_q + post_rows - 1) / post_rows;
   // Without query rows there is no dQ to order (and no preprocess to zero
   // the semaphores): the plain kernel is the deterministic one.
   l.deterministic = p.deterministic && l.prep_blocks > 0;
@@ -286,6 +292,7 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   switch (kd) {
     case 64: return sm90::bwd_run_hdim64(l, bf16, stream);
     case 128: return sm90::bwd_run_hdim128(l, bf16, stream);
+    case 256: return sm90::bwd_run_hdim256(l, bf16, stream);
     default: return cudaErrorNotSupported;
   }
 }

@@ -308,8 +308,9 @@ def test_gpu_argument_errors_then_recovery(case, exc, pattern):
 
 # ---- backward ----------------------------------------------------------------------------
 # The Hopper backward covers head dims up to 128 with every option (causal, windows, softcap,
-# GQA, varlen, seqused_k, deterministic). Elsewhere (no Hopper GPU, or d > 128) flash4_bwd
-# says NOT_SUPPORTED and the binding raises NotImplementedError with that reason.
+# GQA, varlen, seqused_k, deterministic) and 136..256 without softcap or deterministic mode.
+# Elsewhere (no Hopper GPU, or those options above 128) flash4_bwd says NOT_SUPPORTED and
+# the binding raises NotImplementedError with that reason.
 
 def _backward_runs():
     ok, reason = flash4.backward_available()
@@ -339,6 +340,19 @@ BWD_MODES = ["plain", "causal", "window", "softcap", "causal_window_softcap"]
 @pytest.mark.parametrize("d", [64, 96, 128])
 @pytest.mark.parametrize("mode", BWD_MODES)
 def test_backward_accuracy(seqlens, d, mode):
+    _backward_accuracy(seqlens, d, mode)
+
+
+@pytest.mark.parametrize("seqlens", BWD_SEQLENS, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("d", [160, 192, 256])
+@pytest.mark.parametrize("mode", ["plain", "causal", "window"])
+def test_backward_accuracy_large_head_dims(seqlens, d, mode):
+    """Head dims above 128 (the head-dim-256 kernel): every option but softcap and
+    deterministic mode."""
+    _backward_accuracy(seqlens, d, mode)
+
+
+def _backward_accuracy(seqlens, d, mode):
     _backward_runs()
     sq, sk = seqlens
     seed = zlib.crc32(f"bwd{sq},{sk},{d},{mode}".encode()) % 10007
@@ -402,11 +416,19 @@ def test_varlen_backward_accuracy(causal, mode):
             assert torch.all(k.grad[rows] == 0) and torch.all(v.grad[rows] == 0)
 
 
-def test_backward_large_head_dim_says_why():
-    """d > 128 has no backward kernel yet: a NotImplementedError with the library's reason."""
+def test_backward_large_head_dim_options_say_why():
+    """Softcap and deterministic mode have no backward above head dim 128: a
+    NotImplementedError with the library's reason."""
+    _backward_runs()
     q, k, v = (rand(2, 64, 2, 192).requires_grad_() for _ in range(3))
-    out = flash4.flash_attn_func(q, k, v, causal=True)
-    with pytest.raises(NotImplementedError, match=r"flash4::bwd: .*\[FLASH4_ERROR_NOT_SUPPORTED\]"):
+    out = flash4.flash_attn_func(q, k, v, causal=True, softcap=20.0)
+    with pytest.raises(NotImplementedError,
+                       match=r"flash4::bwd: .*softcap is not implemented for head dims above 128"):
+        out.sum().backward()
+    q, k, v = (rand(2, 64, 2, 256).requires_grad_() for _ in range(3))
+    out = flash4.flash_attn_func(q, k, v, deterministic=True)
+    with pytest.raises(NotImplementedError,
+                       match=r"flash4::bwd: .*deterministic mode is not implemented for head dims"):
         out.sum().backward()
 
 

@@ -1,0 +1,243 @@
+// Hopper backward, head dim 256: the consumer warpgroups. The CTA, its
+// producer, the masks and the workspace are those of bwd_kernel.cuh (which
+// includes this file).
+//
+// 64 keys x 256 columns of dK and dV take 256 fp32 registers per thread of a
+// warpgroup: more than it has. So both consumers work on the same 64 keys
+// (kBlockN = 64, kBlockM = 64 queries per iteration) and split the head dim:
+// consumer w owns columns [128 w, 128 w + 128) of dK and dV (128 registers).
+// The two score-side GEMMs are divided between them, not duplicated:
+//   consumer 0: S^T  = K Q^T    (64 keys x 64 queries, k = 256)
+//               P^T  = exp2(c2 S^T - lse_log2), masked   -> sP (fp32)
+//   consumer 1: dP^T = V dO^T
+//               dS^T = P^T (dP^T - D) with P^T from sP    -> sDS (16-bit)
+//   both:       P^T and dS^T as A fragments (consumer 0 reads dS^T back),
+//               dV[:, w] += P^T dO[:, w], dK[:, w] += dS^T Q[:, w]
+//                                             RS wgmma, N = 128
+//               dQ[:, w] = dS K[:, w] as two 64 x 64 pieces (SS, both
+//               operands MN-major), added into dq_accum from registers
+//               (red.global.add.v4.f32; no staging buffer fits).
+// Exchange and order, two 256-thread named barriers per iteration (both
+// consumers sync; bar.arrive on the writer's side would be enough, but
+// compute-sanitizer's racecheck reported hazards on that form, and the writer rarely
+// waits: the reader reaches the barrier first):
+//   kBwdBarP  after consumer 0 wrote P^T of iteration it into sP.
+//   kBwdBarDS after consumer 1 wrote dS^T of it into sDS[it & 1] (and read
+//             sP: consumer 0 rewrites it in it + 1 only after this barrier).
+//   sDS[it & 1] is rewritten in it + 2 after kBwdBarP of it + 2, which
+//   consumer 0 reaches only after its dQ wgmma of it completed.
+// Not built for head dim 256: softcap (consumer 1 would need tanh' from
+// consumer 0: one more 16 KB buffer) and the deterministic mode.
+//
+// dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
+// piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)
+// of a piece's wgmma fragment at bwd_d256_piece_offset(i, t), so that each
+// thread adds 16 contiguous bytes per instruction and a warp 512.
+#pragma once
+#include "sm90/bwd_kernel.cuh"
+
+namespace flash4 {
+namespace sm90 {
+
+__host__ __device__ constexpr int bwd_d256_piece_offset(int i, int t) {
+  return (i / 4) * 512 + 4 * t + i % 4;
+}
+
+template <class C, class IterHm, class RowOffset>
+__device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& args,
+                                                          uint8_t* smem, const BwdCta& cta,
+                                                          IterHm iter_hm, RowOffset row_offset) {
+  using T = typename C::Elem;
+  constexpr int kD = C::kHeadDim;
+  constexpr int kBM = C::kBlockM;
+  constexpr int kBN = C::kBlockN;
+  constexpr int kS = C::kStages;
+  constexpr int kNS = kBM / 2;    // S^T, dP^T, P^T per thread (64 keys x 64 queries)
+  constexpr int kHalf = kD / 2;   // head-dim columns of dK / dV per consumer
+  constexpr int kNK = kHalf / 2;  // dK / dV accumulators per thread
+  static_assert(kD == 256 && kBM == 64 && kBN == 64, "the head-dim-256 tiling");
+  const BwdSmem<C> sm(smem);
+  uint8_t* sK = sm.k;
+  uint8_t* sV = sm.v;
+  float* sP = sm.p;
+  const SeqCoords& sqi = cta.sqi;
+  const int n_block = cta.n_block;
+  const int left = cta.left, right = cta.right;
+
+  const int tid = threadIdx.x;
+  const int cw = tid / 128 - 1;  // consumer 0 / 1: head-dim columns [128 cw, 128 cw + 128)
+  const int wthr = tid % 128;
+  const int lane = tid % 32;
+  const int quad = lane % 4;
+  const int row0 = 16 * (wthr / 32) + lane / 4;  // key row of the block (+8 for hh = 1)
+  const int key0 = n_block * kBN + row0;
+  const int shift = sqi.sk - sqi.sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
+  const float c2 = args.scale_log2;
+
+  const uint32_t k_base = smem_u32(sK);
+  const uint32_t ds_base = smem_u32(sm.ds);
+  // Consumer 0 computes S^T from K and Q, consumer 1 dP^T from V and dO.
+  const uint32_t kt_a = cw == 0 ? k_base : smem_u32(sV);
+  const uint32_t kt_b = smem_u32(cw == 0 ? sm.q : sm.dout);
+  // B operands of dV / dK: this consumer's 128 columns (two panels) of dO / Q.
+  const uint32_t do_half = smem_u32(sm.dout) + 2 * cw * C::kPanelBytesM;
+  const uint32_t q_half = smem_u32(sm.q) + 2 * cw * C::kPanelBytesM;
+
+  float dv[kNK];
+  float dk[kNK];
+  float acc[kNS];  // S^T (consumer 0) or dP^T, then dS^T (consumer 1)
+  float pf[kNS];   // P^T
+  float dq0[32];
+  float dq1[32];
+  uint32_t p_frag[kBM / 16][4];
+  uint32_t ds_frag[kBM / 16][4];
+#pragma unroll
+  for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
+
+  mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+
+  for (int it = 0; it < cta.n_iters; ++it) {
+    const int2 hm = iter_hm(it);
+    const int h = hm.x;
+    const int m = hm.y;
+    const int s = it % kS;
+    const uint32_t ph = (it / kS) & 1;
+    const int q0 = m * kBM;
+    uint8_t* ds_buf = sm.ds + (it & 1) * C::kDSBytes;
+    mbar_wait(&sm.full[s], ph);
+
+    bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
+
+    if (cw == 0) {
+      // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
+      const BwdTileMask mask = bwd_tile_mask<kBM, kBN>(static_cast<int64_t>(n_block) * kBN, q0,
+                                                       key0, quad, sqi.sk, shift, left, right);
+      const float* lse_s = sm.lse + s * kBM;
+      wgmma_wait_group<0>();
+      reg_fence_array(acc);
+      bwd_p_from_s<kBM>(pf, acc, lse_s, c2, quad, mask);
+#pragma unroll
+      for (int g = 0; g < kNS / 4; ++g)
+        *reinterpret_cast<float4*>(sP + g * 512 + 4 * wthr) =
+            make_float4(pf[4 * g], pf[4 * g + 1], pf[4 * g + 2], pf[4 * g + 3]);
+      named_bar_sync(kBwdBarP, 256);
+    } else {
+      named_bar_sync(kBwdBarP, 256);
+#pragma unroll
+      for (int g = 0; g < kNS / 4; ++g) {
+        const float4 v = *reinterpret_cast<const float4*>(sP + g * 512 + 4 * wthr);
+        pf[4 * g] = v.x;
+        pf[4 * g + 1] = v.y;
+        pf[4 * g + 2] = v.z;
+        pf[4 * g + 3] = v.w;
+      }
+      // ---- dS^T = P^T * (dP^T - D[query])
+      const float* dsum_s = sm.dsum + s * kBM;
+      wgmma_wait_group<0>();
+      reg_fence_array(acc);
+      bwd_ds_from_dp<kBM>(acc, pf, dsum_s, quad);
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          ds_frag[kk][j] = pack2<T>(acc[8 * kk + 2 * j], acc[8 * kk + 2 * j + 1]);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int c = 0; c < kBM / 8; ++c)
+          *reinterpret_cast<uint32_t*>(
+              ds_buf + bwd_ds_offset<C>(static_cast<uint32_t>(row0 + 8 * hh), c, quad)) =
+              ds_frag[c / 2][2 * (c % 2) + hh];
+      fence_proxy_async_smem();  // the dQ wgmma of both consumers reads it
+      named_bar_sync(kBwdBarDS, 256);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) p_frag[kk][j] = pack2<T>(pf[8 * kk + 2 * j], pf[8 * kk + 2 * j + 1]);
+    if (cw == 0) {
+      named_bar_sync(kBwdBarDS, 256);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int c = 0; c < kBM / 8; ++c)
+          ds_frag[c / 2][2 * (c % 2) + hh] = *reinterpret_cast<const uint32_t*>(
+              ds_buf + bwd_ds_offset<C>(static_cast<uint32_t>(row0 + 8 * hh), c, quad));
+    }
+
+    // ---- dV += P^T dO, dK += dS^T Q (this consumer's columns; B MN-major),
+    //      then dQ piece 0 = dS K[:, 128 cw .. + 64) (A = dS^T buffer, MN-major)
+    {
+      uint32_t doa = do_half + s * C::kQBytes;
+      uint32_t qa = q_half + s * C::kQBytes;
+      uint32_t da = ds_base + (it & 1) * C::kDSBytes;
+      uint32_t ka = k_base + 2 * cw * C::kPanelBytesN;
+      reg_fence(doa);
+      reg_fence(qa);
+      reg_fence(da);
+      reg_fence(ka);
+      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
+      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
+      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dq0[i] = 0.f;  // see bwd_issue_kt
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kHalf>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kHalf>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_ss_tatb_m64n64k16<T>(dq0, desc_advance(a_desc, kk * 16 * 128),
+                                   desc_advance(b_desc, kk * 16 * 128), kk > 0);
+      wgmma_commit_group();
+      wgmma_wait_group<0>();  // Q / dO / row arrays of stage s no longer read
+      reg_fence_array(dq0);
+      reg_fence_array(dv);
+      reg_fence_array(dk);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.empty[s]);
+      // dQ piece 1 (columns 128 cw + 64 ..), overlapping the adds of piece 0.
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dq1[i] = 0.f;  // after the wait: p_frag / ds_frag are dead
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_ss_tatb_m64n64k16<T>(dq1, desc_advance(a_desc, kk * 16 * 128),
+                                   desc_advance(b_desc, C::kPanelBytesN + kk * 16 * 128), kk > 0);
+      wgmma_commit_group();
+    }
+    float* dst = args.dq_accum + row_offset(h, m) * kD + 2 * cw * C::kDQPieceFloats;
+#pragma unroll
+    for (int g = 0; g < 8; ++g)
+      red_add_v4_f32(dst + bwd_d256_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
+                     dq0[4 * g + 2], dq0[4 * g + 3]);
+    wgmma_wait_group<0>();
+    reg_fence_array(dq1);
+#pragma unroll
+    for (int g = 0; g < 8; ++g)
+      red_add_v4_f32(dst + C::kDQPieceFloats + bwd_d256_piece_offset(4 * g, wthr), dq1[4 * g],
+                     dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
+  }
+
+  // ------------------------------------------------------------- epilogue
+  // Every wgmma of both consumers (dQ reads sK) is complete: sK / sV become
+  // the staging tiles of dK / dV; this consumer's two panels.
+  named_bar_sync(kBwdBarEpi, 256);
+  bwd_stage_dkdv<T, 2>(sK, sV, dk, dv, static_cast<uint32_t>(row0), quad, C::kPanelBytesN, 2 * cw,
+                       args.softmax_scale);
+  fence_proxy_async_smem();
+  named_bar_sync(kBwdBarWG0 + cw, 128);
+  if (wthr == 0) {
+    const int key_start = n_block * kBN;
+    if (key_start < sqi.sk_rows)  // keys in [sk, sk_rows) get their zero gradients
+      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 0, 2 * cw, 2, key_start, cta.h_kv, cta.b);
+    bulk_wait_all();
+  }
+}
+
+}  // namespace sm90
+}  // namespace flash4
