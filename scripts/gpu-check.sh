@@ -175,7 +175,10 @@ RESULTS+=("      build time ${BUILD_SECONDS}s ($fresh, -j$JOBS)")
   grep -E 'ptxas (info|warning|error)|bytes stack frame|spill' "$BUILD_LOG" | if command -v c++filt >/dev/null; then c++filt; else cat; fi
 } >"$PTXAS"
 spills=$(grep -cE '[1-9][0-9]* bytes spill (stores|loads)' "$PTXAS")
-RESULTS+=("      ptxas: $(grep -c 'Used [0-9]* registers' "$PTXAS") kernels compiled, $spills lines with spills")
+# C7512: ptxas serialized a kernel's wgmma (each one waits for the previous),
+# e.g. for lack of registers: a silent, large slowdown.
+serialized=$(grep -c 'C7512' "$PTXAS")
+RESULTS+=("      ptxas: $(grep -c 'Used [0-9]* registers' "$PTXAS") kernels compiled, $spills lines with spills, $serialized with serialized wgmma (C7512)")
 write_summary
 
 CLI=$BUILD_DIR/flash4

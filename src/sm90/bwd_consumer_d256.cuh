@@ -108,6 +108,33 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
 
     bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
 
+    uint32_t doa = do_half + s * C::kQBytes;
+    uint32_t qa = q_half + s * C::kQBytes;
+    uint32_t da = ds_base + (it & 1) * C::kDSBytes;
+    uint32_t ka = k_base + 2 * cw * C::kPanelBytesN;
+    reg_fence(doa);
+    reg_fence(qa);
+    reg_fence(da);
+    reg_fence(ka);
+    const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+    const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
+    const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
+    const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
+    // dV += P^T dO (this consumer's columns; B MN-major). Consumer 0 issues
+    // it as soon as P^T is in registers: it runs while consumer 1 computes dS^T.
+    auto issue_dv = [&]() {
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          p_frag[kk][j] = pack2<T>(pf[8 * kk + 2 * j], pf[8 * kk + 2 * j + 1]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kHalf>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+      wgmma_commit_group();
+    };
+
     if (cw == 0) {
       // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
       const BwdTileMask mask = bwd_tile_mask<kBM, kBN>(static_cast<int64_t>(n_block) * kBN, q0,
@@ -151,10 +178,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       fence_proxy_async_smem();  // the dQ wgmma of both consumers reads it
       named_bar_sync(kBwdBarDS, 256);
     }
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) p_frag[kk][j] = pack2<T>(pf[8 * kk + 2 * j], pf[8 * kk + 2 * j + 1]);
+    // One call site: issued from two places, ptxas serialized every wgmma.
+    issue_dv();
     if (cw == 0) {
       named_bar_sync(kBwdBarDS, 256);
 #pragma unroll
@@ -165,27 +190,12 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
               ds_buf + bwd_ds_offset<C>(static_cast<uint32_t>(row0 + 8 * hh), c, quad));
     }
 
-    // ---- dV += P^T dO, dK += dS^T Q (this consumer's columns; B MN-major),
-    //      then dQ piece 0 = dS K[:, 128 cw .. + 64) (A = dS^T buffer, MN-major)
+    // ---- dK += dS^T Q (this consumer's columns), then dQ piece 0 =
+    //      dS K[:, 128 cw .. + 64) (A = the dS^T buffer, MN-major)
     {
-      uint32_t doa = do_half + s * C::kQBytes;
-      uint32_t qa = q_half + s * C::kQBytes;
-      uint32_t da = ds_base + (it & 1) * C::kDSBytes;
-      uint32_t ka = k_base + 2 * cw * C::kPanelBytesN;
-      reg_fence(doa);
-      reg_fence(qa);
-      reg_fence(da);
-      reg_fence(ka);
-      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
-      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
-      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
-      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
 #pragma unroll
       for (int i = 0; i < 32; ++i) dq0[i] = 0.f;  // see bwd_issue_kt
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs_tb<T, kHalf>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
         wgmma_rs_tb<T, kHalf>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
@@ -194,7 +204,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
         wgmma_ss_tatb_m64n64k16<T>(dq0, desc_advance(a_desc, kk * 16 * 128),
                                    desc_advance(b_desc, kk * 16 * 128), kk > 0);
       wgmma_commit_group();
-      wgmma_wait_group<0>();  // Q / dO / row arrays of stage s no longer read
+      wgmma_wait_group<0>();  // dV, dK, dQ 0: Q / dO / row arrays of stage s no longer read
       reg_fence_array(dq0);
       reg_fence_array(dv);
       reg_fence_array(dk);
