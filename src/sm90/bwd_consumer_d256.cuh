@@ -17,11 +17,13 @@
 //               dQ[:, w] = dS K[:, w] as two 64 x 64 pieces (SS, both
 //               operands MN-major), added into dq_accum from registers
 //               (red.global.add.v4.f32; no staging buffer fits).
-// Exchange and order, two 256-thread named barriers per iteration (both
-// consumers sync; bar.arrive on the writer's side would be enough, but
-// compute-sanitizer's racecheck reported hazards on that form, and the writer rarely
-// waits: the reader reaches the barrier first):
-//   kBwdBarP  after consumer 0 wrote P^T of iteration it into sP.
+// Exchange and order: two 256-thread named barriers per iteration, reached
+// by the two consumers through different instructions, hence the non-.aligned
+// barrier.sync (bar.sync there: synccheck reports divergence). Both sides
+// sync (bar.arrive on the writer's side drew racecheck hazards); the writer
+// seldom waits, the reader gets there first.
+//   kBwdBarP  after consumer 0 wrote P^T of iteration it into sP; consumer 0
+//             then issues its dV GEMM, which runs while consumer 1 computes dS^T.
 //   kBwdBarDS after consumer 1 wrote dS^T of it into sDS[it & 1] (and read
 //             sP: consumer 0 rewrites it in it + 1 only after this barrier).
 //   sDS[it & 1] is rewritten in it + 2 after kBwdBarP of it + 2, which
@@ -147,9 +149,9 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       for (int g = 0; g < kNS / 4; ++g)
         *reinterpret_cast<float4*>(sP + g * 512 + 4 * wthr) =
             make_float4(pf[4 * g], pf[4 * g + 1], pf[4 * g + 2], pf[4 * g + 3]);
-      named_bar_sync(kBwdBarP, 256);
+      named_bar_sync_unaligned(kBwdBarP, 256);
     } else {
-      named_bar_sync(kBwdBarP, 256);
+      named_bar_sync_unaligned(kBwdBarP, 256);
 #pragma unroll
       for (int g = 0; g < kNS / 4; ++g) {
         const float4 v = *reinterpret_cast<const float4*>(sP + g * 512 + 4 * wthr);
@@ -176,12 +178,12 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
               ds_buf + bwd_ds_offset<C>(static_cast<uint32_t>(row0 + 8 * hh), c, quad)) =
               ds_frag[c / 2][2 * (c % 2) + hh];
       fence_proxy_async_smem();  // the dQ wgmma of both consumers reads it
-      named_bar_sync(kBwdBarDS, 256);
+      named_bar_sync_unaligned(kBwdBarDS, 256);
     }
     // One call site: issued from two places, ptxas serialized every wgmma.
     issue_dv();
     if (cw == 0) {
-      named_bar_sync(kBwdBarDS, 256);
+      named_bar_sync_unaligned(kBwdBarDS, 256);
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh)
 #pragma unroll

@@ -507,219 +507,6 @@ struct BwdCta {
   int left, right;  // mask edges, -1 unbounded
 };
 
-// The consumers of head dims 64 and 128: consumer w owns keys
-// [64 w, 64 w + 64) of the block (file comment). iter_hm(it): (query head,
-// query block) of iteration it; row_offset(h, m): workspace row of (h, m).
-template <class C, class IterHm, class RowOffset>
-__device__ __forceinline__ void bwd_consumers_split_keys(const BwdKernelArgs& args, uint8_t* smem,
-                                                         const BwdCta& cta, IterHm iter_hm,
-                                                         RowOffset row_offset) {
-  using T = typename C::Elem;
-  constexpr int kD = C::kHeadDim;
-  constexpr int kBM = C::kBlockM;
-  constexpr int kBN = C::kBlockN;
-  constexpr int kS = C::kStages;
-  constexpr int kNS = kBM / 2;  // S^T / dP^T accumulators per thread (64 keys x kBM)
-  constexpr int kNK = kD / 2;   // dK / dV accumulators per thread (64 keys x kD)
-  const BwdSmem<C> sm(smem);
-  uint8_t* sK = sm.k;
-  uint8_t* sV = sm.v;
-  const SeqCoords& sqi = cta.sqi;
-  const int b = cta.b, h_kv = cta.h_kv, n_block = cta.n_block, n_iters = cta.n_iters;
-  const int Sq = sqi.sq, Sk = sqi.sk, left = cta.left, right = cta.right;
-  const int tid = threadIdx.x;
-  const int wg = tid / 128;
-  const int lane = tid % 32;
-  const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
-  const int wthr = tid - 128 * wg;  // thread within the warpgroup
-  const int warp_in_wg = wthr / 32;
-  const int quad = lane % 4;
-  const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
-  const int key0 = n_block * kBN + 64 * cw + row0;
-  const int shift = Sk - Sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
-  const float c2 = args.scale_log2;
-
-  const uint32_t k_base = smem_u32(sK);
-  const uint32_t v_base = smem_u32(sV);
-  const uint32_t q_base = smem_u32(sm.q);
-  const uint32_t do_base = smem_u32(sm.dout);
-  const uint32_t ds_base = smem_u32(sm.ds);
-  float* sDQ_mine = sm.dq + cw * C::kDQPieceFloats;
-
-  float dv[kNK];
-  float dk[kNK];
-  float s_acc[kNS];
-  float dp_acc[kNS];
-  float dq[32];
-  uint32_t p_frag[kBM / 16][4];
-  uint32_t ds_frag[kBM / 16][4];
-#pragma unroll
-  for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
-
-  mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-
-  for (int it = 0; it < n_iters; ++it) {
-    const int2 hm = iter_hm(it);
-    const int h = hm.x;
-    const int m = hm.y;
-    const int s = it % kS;
-    const uint32_t ph = (it / kS) & 1;
-    const int q0 = m * kBM;
-    mbar_wait(&sm.full[s], ph);
-
-    // S^T = K_w Q^T and dP^T = V_w dO^T (rows [64 cw, 64 cw + 64) of the key block)
-    bwd_issue_kt<C>(s_acc, k_base + cw * 64 * 128, q_base + s * C::kQBytes);
-    bwd_issue_kt<C>(dp_acc, v_base + cw * 64 * 128, do_base + s * C::kQBytes);
-
-    // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
-    // (The consumer's keys: the mask's tile test over all kBN is conservative.)
-    const BwdTileMask mask = bwd_tile_mask<kBM, kBN>(static_cast<int64_t>(n_block) * kBN, q0, key0,
-                                                     quad, Sk, shift, left, right);
-    const bool need_mask = mask.any;
-    const float* lse_s = sm.lse + s * kBM;
-    const float* dsum_s = sm.dsum + s * kBM;
-    auto masked = [&](int c, int hh, int e) { return mask.masked(c, hh, e); };
-    if constexpr (C::kSoftcap) {
-      // t = tanh(scale s / cap); P = exp2(cap log2(e) t - lse); the softcap's
-      // derivative multiplies dS: dS^T = P^T (dP^T - D) (1 - t^2). Both
-      // accumulators first (t is needed with dP; no registers to keep it).
-      const float pre = args.softcap_pre;
-      wgmma_wait_group<0>();
-      reg_fence_array(s_acc);
-      reg_fence_array(dp_acc);
-#pragma unroll
-      for (int c = 0; c < kBM / 8; ++c) {
-        const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
-        const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int i = 4 * c + 2 * hh + e;
-            const float t = softcap_tanh(s_acc[i], pre);
-            float x = fmaf(t, c2, -(e ? l.y : l.x));
-            if (need_mask && masked(c, hh, e)) x = -INFINITY;
-            const float pv = ex2_approx(x);
-            s_acc[i] = pv;
-            dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
-          }
-      }
-    } else {
-      wgmma_wait_group<1>();
-      reg_fence_array(s_acc);
-      bwd_p_from_s<kBM>(s_acc, s_acc, lse_s, c2, quad, mask);
-      // ---- dS^T = P^T * (dP^T - D[query])
-      wgmma_wait_group<0>();
-      reg_fence_array(dp_acc);
-      bwd_ds_from_dp<kBM>(dp_acc, s_acc, dsum_s, quad);
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-        ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
-      }
-
-    // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
-    {
-      uint32_t doa = do_base + s * C::kQBytes;
-      uint32_t qa = q_base + s * C::kQBytes;
-      reg_fence(doa);
-      reg_fence(qa);
-      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
-      const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
-      wgmma_commit_group();
-    }
-
-    // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
-    {
-      uint8_t* buf = sm.ds + (it & 1) * C::kDSBytes;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int c = 0; c < kBM / 8; ++c)
-          *reinterpret_cast<uint32_t*>(
-              buf + bwd_ds_offset<C>(static_cast<uint32_t>(64 * cw + row0 + 8 * hh), c, quad)) =
-              ds_frag[c / 2][2 * (c % 2) + hh];
-    }
-    fence_proxy_async_smem();
-    named_bar_sync(kBwdBarDS, 256);
-
-    // ---- dQ piece = dS K: A = dS (MN-major: queries contiguous), B = K (MN-major: d contiguous)
-    {
-      constexpr int kAPanelStep = kD == 64 ? 1 : 0;  // d 64: consumer w takes query rows 64w..
-      constexpr int kBPanelStep = kD == 64 ? 0 : 1;  // d 128: consumer w takes d columns 64w..
-      uint32_t da = ds_base + (it & 1) * C::kDSBytes + cw * kAPanelStep * C::kPanelBytesN;
-      uint32_t ka = k_base + cw * kBPanelStep * C::kPanelBytesN;
-      reg_fence(da);
-      reg_fence(ka);
-      const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
-      const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
-                                   desc_advance(b_desc, kk * 16 * 128), kk > 0);
-      wgmma_commit_group();
-    }
-    wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
-    reg_fence_array(dq);
-    reg_fence_array(dv);
-    reg_fence_array(dk);
-    __syncwarp();  // every lane's reads of the stage's row arrays come before the release
-    if (lane == 0) mbar_arrive(&sm.empty[s]);
-
-    // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
-    if constexpr (C::kDeterministic) {
-      // Staged for the writer warp (producer warpgroup), which adds it in
-      // turn; wait only until the writer has read this buffer's last piece.
-      mbar_wait(&sm.dq_empty[cw], (it & 1) ^ 1);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-      fence_proxy_async_smem();
-      mbar_arrive(&sm.dq_full[cw]);
-    } else {
-      if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-      fence_proxy_async_smem();
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
-                            sDQ_mine, C::kDQPieceBytes);
-        tma_store_commit();
-      }
-    }
-  }
-
-  // ------------------------------------------------------------- epilogue
-  // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
-  // become the staging buffers of dK / dV (this consumer's 64 rows).
-  named_bar_sync(kBwdBarEpi, 256);
-  bwd_stage_dkdv<T, C::kPanels>(sK, sV, dk, dv, static_cast<uint32_t>(64 * cw + row0), quad,
-                                C::kPanelBytesN, 0, args.softmax_scale);
-  fence_proxy_async_smem();
-  named_bar_sync(kBwdBarWG0 + cw, 128);
-  if (wthr == 0) {
-    const int key_start = n_block * kBN + 64 * cw;
-    if (key_start < sqi.sk_rows)  // keys in [sk, sk_rows) get their zero gradients
-      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 64 * cw, 0, C::kPanels, key_start, h_kv,
-                     b);
-    bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
-  }
-}
-
 }  // namespace sm90
 }  // namespace flash4
 
@@ -731,30 +518,35 @@ namespace sm90 {
 template <class C>
 __global__ void __launch_bounds__(C::kNumThreads, 1)
     bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
+  using T = typename C::Elem;
   constexpr int kD = C::kHeadDim;
   constexpr int kBM = C::kBlockM;
   constexpr int kBN = C::kBlockN;
   constexpr int kS = C::kStages;
+  constexpr int kNS = kBM / 2;  // S^T / dP^T accumulators per thread (64 keys x kBM)
+  constexpr int kNK = kD / 2;   // dK / dV accumulators per thread (64 keys x kD)
 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                              ~static_cast<uintptr_t>(1023));
-  const BwdSmem<C> sm(smem);
-  uint8_t* sK = sm.k;
-  uint8_t* sV = sm.v;
-  uint8_t* sQ = sm.q;
-  uint8_t* sDO = sm.dout;
-  float* sDQ = sm.dq;
-  float* sLse = sm.lse;
-  float* sDsum = sm.dsum;
-  uint64_t* kv_full = sm.kv_full;
-  uint64_t* full = sm.full;
-  uint64_t* empty = sm.empty;
-  uint64_t* dq_full = sm.dq_full;    // deterministic only
-  uint64_t* dq_empty = sm.dq_empty;  // deterministic only
+  uint8_t* sK = smem + C::kOffK;
+  uint8_t* sV = smem + C::kOffV;
+  uint8_t* sQ = smem + C::kOffQ;
+  uint8_t* sDO = smem + C::kOffDO;
+  uint8_t* sDS = smem + C::kOffDS;
+  float* sDQ = reinterpret_cast<float*>(smem + C::kOffDQ);
+  float* sLse = reinterpret_cast<float*>(smem + C::kOffLse);
+  float* sDsum = reinterpret_cast<float*>(smem + C::kOffDsum);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
+  uint64_t* kv_full = bars;
+  uint64_t* full = bars + 1;
+  uint64_t* empty = bars + 1 + kS;
+  uint64_t* dq_full = bars + 1 + 2 * kS;   // deterministic only
+  uint64_t* dq_empty = dq_full + 2;        // deterministic only
 
   const int tid = threadIdx.x;
   const int wg = tid / 128;
+  const int lane = tid % 32;
   // CTA order (1-D grid of num_n_blocks * num_hb): non-causal, key blocks
   // fastest, so CTAs running together share one head's Q / dO in L2. Causal:
   // (b, h_kv) pairs in sections of hb_per_section (sized on the host so that
@@ -942,11 +734,296 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 
   // -------------------------------------------------------------- consumers
   setmaxnreg_inc<C::kConsumerRegs>();
-  const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
-  if constexpr (C::kSharedKeys)
+  if constexpr (C::kSharedKeys) {
+    const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
     bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
-  else
-    bwd_consumers_split_keys<C>(args, smem, work, iter_hm, row_offset);
+  } else {
+    // Head dims 64 and 128. (Kept inline and apart from the helpers that the
+    // head-dim-256 consumers use: rebuilt on them, or moved into a function,
+    // the deterministic d64 kernel spilled 260-280 B instead of 76 and ran
+    // ~20% slower.)
+    const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
+    const int wthr = tid - 128 * wg;  // thread within the warpgroup
+    const int warp_in_wg = wthr / 32;
+    const int quad = lane % 4;
+    const int row0 = 16 * warp_in_wg + lane / 4;  // key row within the consumer's 64 (+8 for hh=1)
+    const int key0 = n_block * kBN + 64 * cw + row0;
+    const int shift = Sk - Sq;  // key j visible to query i iff j - (i + shift) in [-left, right]
+    const float c2 = args.scale_log2;
+    const bool key_tail = static_cast<int64_t>(n_block + 1) * kBN > Sk;
+
+    const uint32_t k_base = smem_u32(sK);
+    const uint32_t v_base = smem_u32(sV);
+    const uint32_t q_base = smem_u32(sQ);
+    const uint32_t do_base = smem_u32(sDO);
+    const uint32_t ds_base = smem_u32(sDS);
+    float* sDQ_mine = sDQ + cw * C::kDQPieceFloats;
+
+    float dv[kNK];
+    float dk[kNK];
+    float s_acc[kNS];
+    float dp_acc[kNS];
+    float dq[32];
+    uint32_t p_frag[kBM / 16][4];
+    uint32_t ds_frag[kBM / 16][4];
+  #pragma unroll
+    for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
+
+    // S^T = K_w Q^T (acc) or dP^T = V_w dO^T: both operands K-major, 128B swizzle.
+    auto issue_kt = [&](float(&acc)[kNS], uint32_t a_tile, uint32_t b_tile) {
+      uint32_t aa = a_tile + cw * 64 * 128;  // rows [64 cw, 64 cw + 64) of the key block
+      uint32_t ba = b_tile;
+      reg_fence(aa);
+      reg_fence(ba);
+      const uint64_t a_desc = make_sw128_desc(aa, 16, 1024);
+      const uint64_t b_desc = make_sw128_desc(ba, 16, 1024);
+      // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
+      // operands: defining them here ends the previous iteration's live range.
+  #pragma unroll
+      for (int i = 0; i < kNS; ++i) acc[i] = 0.f;
+      wgmma_fence();
+  #pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
+        const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
+        wgmma_ss<T, kBM>(acc, desc_advance(a_desc, off_a), desc_advance(b_desc, off_b), kk > 0);
+      }
+      wgmma_commit_group();
+    };
+
+    mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+
+    for (int it = 0; it < n_iters; ++it) {
+      const int2 hm = iter_hm(it);
+      const int h = hm.x;
+      const int m = hm.y;
+      const int s = it % kS;
+      const uint32_t ph = (it / kS) & 1;
+      const int q0 = m * kBM;
+      mbar_wait(&full[s], ph);
+
+      issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
+      issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
+
+      // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
+      // Only tiles that cross the key tail or a mask edge test elements.
+      bool need_mask = key_tail;
+      {
+        const int64_t j_first = static_cast<int64_t>(n_block) * kBN;
+        const int64_t d_max = j_first + kBN - 1 - q0 - shift;  // largest j - (i + shift)
+        const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
+        if (right >= 0) need_mask = need_mask || d_max > right;
+        if (left >= 0) need_mask = need_mask || d_min < -left;
+      }
+      const float* lse_s = sLse + s * kBM;
+      const float* dsum_s = sDsum + s * kBM;
+      // Element (c, hh, e): key key0 + 8 hh, query q0 + 8 c + 2 quad + e.
+      auto masked = [&](int c, int hh, int e) -> bool {
+        const int key = key0 + 8 * hh;
+        const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
+        bool m = key >= Sk;
+        if (right >= 0) m = m || d > right;
+        if (left >= 0) m = m || d < -left;
+        return m;
+      };
+      if constexpr (C::kSoftcap) {
+        // t = tanh(scale s / cap); P = exp2(cap log2(e) t - lse); the softcap's
+        // derivative multiplies dS: dS^T = P^T (dP^T - D) (1 - t^2). Both
+        // accumulators first (t is needed with dP; no registers to keep it).
+        const float pre = args.softcap_pre;
+        wgmma_wait_group<0>();
+        reg_fence_array(s_acc);
+        reg_fence_array(dp_acc);
+  #pragma unroll
+        for (int c = 0; c < kBM / 8; ++c) {
+          const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+          const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+  #pragma unroll
+          for (int hh = 0; hh < 2; ++hh)
+  #pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int i = 4 * c + 2 * hh + e;
+              const float t = softcap_tanh(s_acc[i], pre);
+              float x = fmaf(t, c2, -(e ? l.y : l.x));
+              if (need_mask && masked(c, hh, e)) x = -INFINITY;
+              const float pv = ex2_approx(x);
+              s_acc[i] = pv;
+              dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
+            }
+        }
+      } else {
+        wgmma_wait_group<1>();
+        reg_fence_array(s_acc);
+  #pragma unroll
+        for (int c = 0; c < kBM / 8; ++c) {
+          const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+  #pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
+            float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
+            if (need_mask) {
+              if (masked(c, hh, 0)) x0 = -INFINITY;
+              if (masked(c, hh, 1)) x1 = -INFINITY;
+            }
+            s_acc[4 * c + 2 * hh] = ex2_approx(x0);
+            s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
+          }
+        }
+        // ---- dS^T = P^T * (dP^T - D[query])
+        wgmma_wait_group<0>();
+        reg_fence_array(dp_acc);
+  #pragma unroll
+        for (int c = 0; c < kBM / 8; ++c) {
+          const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+  #pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
+            dp_acc[4 * c + 2 * hh + 1] =
+                s_acc[4 * c + 2 * hh + 1] * (dp_acc[4 * c + 2 * hh + 1] - dd.y);
+          }
+        }
+      }
+  #pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+  #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+          ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
+        }
+
+      // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
+      {
+        uint32_t doa = do_base + s * C::kQBytes;
+        uint32_t qa = q_base + s * C::kQBytes;
+        reg_fence(doa);
+        reg_fence(qa);
+        const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+        const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
+        wgmma_fence();
+  #pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk)
+          wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+  #pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk)
+          wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
+        wgmma_commit_group();
+      }
+
+      // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
+      {
+        uint8_t* buf = sDS + (it & 1) * C::kDSBytes;
+  #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const uint32_t r = static_cast<uint32_t>(64 * cw + row0 + 8 * hh);
+          uint8_t* row_base = buf + r * 128 + quad * 4;
+  #pragma unroll
+          for (int c = 0; c < kBM / 8; ++c) {
+            const uint32_t chunk = static_cast<uint32_t>(c % 8);
+            *reinterpret_cast<uint32_t*>(row_base + (c / 8) * C::kPanelBytesN +
+                                         ((chunk ^ (r & 7u)) << 4)) = ds_frag[c / 2][2 * (c % 2) + hh];
+          }
+        }
+      }
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarDS, 256);
+
+      // ---- dQ piece = dS K: A = dS (MN-major: queries contiguous), B = K (MN-major: d contiguous)
+      {
+        constexpr int kAPanelStep = kD == 64 ? 1 : 0;  // d 64: consumer w takes query rows 64w..
+        constexpr int kBPanelStep = kD == 64 ? 0 : 1;  // d 128: consumer w takes d columns 64w..
+        uint32_t da = ds_base + (it & 1) * C::kDSBytes + cw * kAPanelStep * C::kPanelBytesN;
+        uint32_t ka = k_base + cw * kBPanelStep * C::kPanelBytesN;
+        reg_fence(da);
+        reg_fence(ka);
+        const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
+        const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
+  #pragma unroll
+        for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
+        wgmma_fence();
+  #pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk)
+          wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
+                                     desc_advance(b_desc, kk * 16 * 128), kk > 0);
+        wgmma_commit_group();
+      }
+      wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
+      reg_fence_array(dq);
+      reg_fence_array(dv);
+      reg_fence_array(dk);
+      __syncwarp();  // every lane's reads of the stage's row arrays come before the release
+      if (lane == 0) mbar_arrive(&empty[s]);
+
+      // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
+      if constexpr (C::kDeterministic) {
+        // Staged for the writer warp (producer warpgroup), which adds it in
+        // turn; wait only until the writer has read this buffer's last piece.
+        mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
+  #pragma unroll
+        for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+        fence_proxy_async_smem();
+        mbar_arrive(&dq_full[cw]);
+      } else {
+        if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
+        named_bar_sync(kBwdBarWG0 + cw, 128);
+  #pragma unroll
+        for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+        fence_proxy_async_smem();
+        named_bar_sync(kBwdBarWG0 + cw, 128);
+        if (wthr == 0) {
+          bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
+                              sDQ_mine, C::kDQPieceBytes);
+          tma_store_commit();
+        }
+      }
+    }
+
+    // ------------------------------------------------------------- epilogue
+    // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
+    // become the staging buffers of dK / dV (this consumer's 64 rows).
+    named_bar_sync(kBwdBarEpi, 256);
+    {
+      const float sc = args.softmax_scale;
+      const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
+      const uint32_t r7 = r & 7u;
+  #pragma unroll
+      for (int p = 0; p < C::kPanels; ++p)
+  #pragma unroll
+        for (int c = 0; c < 8; ++c)
+  #pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = 4 * (8 * p + c) + 2 * hh;
+            const uint32_t off = p * C::kPanelBytesN + (r + 8 * hh) * 128 +
+                                 ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
+            *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
+            *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
+          }
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(kBwdBarWG0 + cw, 128);
+    if (wthr == 0) {
+      const int key_start = n_block * kBN + 64 * cw;
+      if (key_start < sqi.sk_rows) {  // keys in [sk, sk_rows) get their zero gradients
+  #pragma unroll
+        for (int p = 0; p < C::kPanels; ++p) {
+          const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
+          const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
+          if (args.ks_ragged) {
+            // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
+            const int ks_row = args.seqlen_k - sqi.sk_rows;
+            const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
+            tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+            tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+          } else {
+            tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
+            tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
+          }
+        }
+        tma_store_commit();
+      }
+      bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
+    }
+
+  }
 }
 
 // ---------------------------------------------------------------------------
