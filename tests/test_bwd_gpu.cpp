@@ -8,7 +8,7 @@
 //
 // Without a CUDA device, or without a device the backward runs on (the GPU
 // backward is Hopper-only for now), the GPU tests are skipped with the reason.
-// Head dims above 128 run on the head-dim-256 kernel, without softcap or the
+// Head dims above 128 run on the head-dim-256 kernel, without the
 // deterministic mode (GpuBwdUnsupported).
 //
 // Suites (all GpuBwd*):
@@ -22,7 +22,7 @@
 //   GpuBwdVarlen       varlen (empty sequences), seqused_k (varlen and batched)
 //   GpuBwdHeadDim      head dims 8..256 on the 64 / 128 / 256 kernels (zero-filled
 //                      columns); the 256 kernel with GQA, causal with empty rows,
-//                      windows, varlen + seqused_k, padded layout, large scores
+//                      windows, softcap, varlen + seqused_k, padded layout, large scores
 //   GpuBwdEmpty        batch 0: no crash, nothing written
 //   GpuBwdRepeat       same inputs twice: dk/dv bitwise equal, dq within fp32
 //                      reordering noise (see compare_runs)
@@ -402,6 +402,10 @@ std::vector<Case> headdim_cases() {
   c = base(300, 190, 256, 4, 2); c.name = "bf16_d256_padded_std3_scale_neg"; c.p.batch = 2;
   c.p.layout = Layout::kPadded; c.p.input_std = 3.0; c.p.softmax_scale = -0.08; v.push_back(c);
   c = base(4224, 4224, 256, 1, 1); c.name = "bf16_d256_4224_causal"; c.p.causal = true; v.push_back(c);
+  c = base(239, 517, 256, 4, 2); c.name = "bf16_d256_softcap_causal"; c.p.batch = 2; c.p.causal = true;
+  c.p.softcap = 15.0; c.p.input_std = 2.0; v.push_back(c);
+  c = base(1023, 1024, 192, 2, 1); c.name = "fp16_d192_softcap_window"; c.p.dtype = FLASH4_DTYPE_FP16;
+  c.p.softcap = 30.0; c.p.input_std = 2.0; c.p.window_left = 100; c.p.window_right = 40; v.push_back(c);
   c = base(300, 0, 256, 2, 1); c.name = "bf16_d256_sk0"; v.push_back(c);  // dq = 0
   c = base(0, 300, 256, 2, 1); c.name = "bf16_d256_sq0"; v.push_back(c);  // dk = dv = 0
   {
@@ -780,8 +784,6 @@ TEST(GpuBwdUnsupported, SaysWhyAndWritesNothing) {
     void (*apply_args)(flash4_bwd_args*);
   };
   const Variant variants[] = {
-      {"head dim 192 softcap", "softcap is not implemented for head dims above 128",
-       [](Problem* p) { p->headdim = 192; p->softcap = 20.0; }, nullptr},
       {"head dim 256 deterministic", "deterministic mode is not implemented for head dims above 128",
        [](Problem* p) { p->headdim = 256; }, [](flash4_bwd_args* a) { a->deterministic = 1; }},
       {"forced portable path", "portable", [](Problem* p) { p->path = FLASH4_PATH_PORTABLE; }, nullptr},

@@ -24,12 +24,15 @@
 // seldom waits, the reader gets there first.
 //   kBwdBarP  after consumer 0 wrote P^T of iteration it into sP; consumer 0
 //             then issues its dV GEMM, which runs while consumer 1 computes dS^T.
-//   kBwdBarDS after consumer 1 wrote dS^T of it into sDS[it & 1] (and read
-//             sP: consumer 0 rewrites it in it + 1 only after this barrier).
-//   sDS[it & 1] is rewritten in it + 2 after kBwdBarP of it + 2, which
-//   consumer 0 reaches only after its dQ wgmma of it completed.
-// Not built for head dim 256: softcap (consumer 1 would need tanh' from
-// consumer 0: one more 16 KB buffer) and the deterministic mode.
+//   kBwdBarDS after consumer 1 wrote dS^T of it into sDS (and read sP, sPb:
+//             consumer 0 rewrites them in it + 1 only after this barrier).
+// One dS^T buffer is enough here (sDS[0]): consumer 1 rewrites it in it + 1
+// after kBwdBarP of it + 1, which consumer 0 reaches only after its dQ
+// wgmma and its fragment loads of it. The second 8 KB holds P^T packed to
+// 16 bits (fragment order) for consumer 1 under softcap, where sP carries
+// P^T (1 - t^2) instead of P^T (t = tanh(scale s / cap): the softcap's
+// derivative, which only consumer 0 has).
+// Not built for head dim 256: the deterministic mode.
 //
 // dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
 // piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)
@@ -62,6 +65,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
   uint8_t* sK = sm.k;
   uint8_t* sV = sm.v;
   float* sP = sm.p;
+  uint8_t* sPb = sm.ds + C::kDSBytes;  // softcap: P^T packed, fragment order (file comment)
   const SeqCoords& sqi = cta.sqi;
   const int n_block = cta.n_block;
   const int left = cta.left, right = cta.right;
@@ -105,14 +109,14 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     const int s = it % kS;
     const uint32_t ph = (it / kS) & 1;
     const int q0 = m * kBM;
-    uint8_t* ds_buf = sm.ds + (it & 1) * C::kDSBytes;
+    uint8_t* ds_buf = sm.ds;  // one buffer (file comment)
     mbar_wait(&sm.full[s], ph);
 
     bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
 
     uint32_t doa = do_half + s * C::kQBytes;
     uint32_t qa = q_half + s * C::kQBytes;
-    uint32_t da = ds_base + (it & 1) * C::kDSBytes;
+    uint32_t da = ds_base;
     uint32_t ka = k_base + 2 * cw * C::kPanelBytesN;
     reg_fence(doa);
     reg_fence(qa);
@@ -125,11 +129,13 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     // dV += P^T dO (this consumer's columns; B MN-major). Consumer 0 issues
     // it as soon as P^T is in registers: it runs while consumer 1 computes dS^T.
     auto issue_dv = [&]() {
+      if constexpr (!C::kSoftcap) {
 #pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk)
+        for (int kk = 0; kk < kBM / 16; ++kk)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          p_frag[kk][j] = pack2<T>(pf[8 * kk + 2 * j], pf[8 * kk + 2 * j + 1]);
+          for (int j = 0; j < 4; ++j)
+            p_frag[kk][j] = pack2<T>(pf[8 * kk + 2 * j], pf[8 * kk + 2 * j + 1]);
+      }  // softcap: packed by consumer 0 with the exponentials, loaded from sPb by consumer 1
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
@@ -144,11 +150,40 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       const float* lse_s = sm.lse + s * kBM;
       wgmma_wait_group<0>();
       reg_fence_array(acc);
-      bwd_p_from_s<kBM>(pf, acc, lse_s, c2, quad, mask);
+      if constexpr (C::kSoftcap) {
+        // P = exp2(cap log2(e) t - lse) with t = tanh(scale s / cap); sP gets
+        // P (1 - t^2), sPb the packed P for consumer 1's dV.
+        const float pre = args.softcap_pre;
 #pragma unroll
-      for (int g = 0; g < kNS / 4; ++g)
-        *reinterpret_cast<float4*>(sP + g * 512 + 4 * wthr) =
-            make_float4(pf[4 * g], pf[4 * g + 1], pf[4 * g + 2], pf[4 * g + 3]);
+        for (int c = 0; c < kBM / 8; ++c) {
+          const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+          float g[4];
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            float pv[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float t = softcap_tanh(acc[4 * c + 2 * hh + e], pre);
+              float x = fmaf(t, c2, -(e ? l.y : l.x));
+              if (mask.any && mask.masked(c, hh, e)) x = -INFINITY;
+              pv[e] = ex2_approx(x);
+              g[2 * hh + e] = pv[e] * fmaf(-t, t, 1.0f);
+            }
+            p_frag[c / 2][2 * (c % 2) + hh] = pack2<T>(pv[0], pv[1]);
+          }
+          *reinterpret_cast<float4*>(sP + c * 512 + 4 * wthr) = make_float4(g[0], g[1], g[2], g[3]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk)
+          *reinterpret_cast<uint4*>(sPb + (kk * 128 + wthr) * 16) =
+              make_uint4(p_frag[kk][0], p_frag[kk][1], p_frag[kk][2], p_frag[kk][3]);
+      } else {
+        bwd_p_from_s<kBM>(pf, acc, lse_s, c2, quad, mask);
+#pragma unroll
+        for (int g = 0; g < kNS / 4; ++g)
+          *reinterpret_cast<float4*>(sP + g * 512 + 4 * wthr) =
+              make_float4(pf[4 * g], pf[4 * g + 1], pf[4 * g + 2], pf[4 * g + 3]);
+      }
       named_bar_sync_unaligned(kBwdBarP, 256);
     } else {
       named_bar_sync_unaligned(kBwdBarP, 256);
@@ -160,7 +195,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
         pf[4 * g + 2] = v.z;
         pf[4 * g + 3] = v.w;
       }
-      // ---- dS^T = P^T * (dP^T - D[query])
+      // ---- dS^T = P^T (dP^T - D[query]); softcap: pf is P^T (1 - t^2)
       const float* dsum_s = sm.dsum + s * kBM;
       wgmma_wait_group<0>();
       reg_fence_array(acc);
@@ -177,6 +212,18 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
           *reinterpret_cast<uint32_t*>(
               ds_buf + bwd_ds_offset<C>(static_cast<uint32_t>(row0 + 8 * hh), c, quad)) =
               ds_frag[c / 2][2 * (c % 2) + hh];
+      if constexpr (C::kSoftcap) {
+        // After dS^T (registers: P^T, dP^T are dead now), before kBwdBarDS
+        // (consumer 0 rewrites sPb after it).
+#pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk) {
+          const uint4 v = *reinterpret_cast<const uint4*>(sPb + (kk * 128 + wthr) * 16);
+          p_frag[kk][0] = v.x;
+          p_frag[kk][1] = v.y;
+          p_frag[kk][2] = v.z;
+          p_frag[kk][3] = v.w;
+        }
+      }
       fence_proxy_async_smem();  // the dQ wgmma of both consumers reads it
       named_bar_sync_unaligned(kBwdBarDS, 256);
     }

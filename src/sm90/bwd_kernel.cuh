@@ -231,8 +231,7 @@ struct BwdConfig {
   // head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK and dV do
   // not fit in one warpgroup's registers.
   static constexpr bool kSharedKeys = kHeadDim == 256;
-  static_assert(!(kSharedKeys && (kDeterministic || kSoftcap)),
-                "head dim 256: no deterministic or softcap kernels");
+  static_assert(!(kSharedKeys && kDeterministic), "head dim 256: no deterministic kernels");
 
   // keys per CTA: 2 consumers x 64, or 64 shared by both (head dim 256)
   static constexpr int kBlockN = kSharedKeys ? 64 : 128;

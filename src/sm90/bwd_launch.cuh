@@ -91,13 +91,8 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (l.n_blocks > 0) {
-    cudaError_t e;
-    if constexpr (BwdConfig<kD, T, false>::kSharedKeys)  // head dim 256: no softcap kernels
-      e = l.softcap ? cudaErrorNotSupported
-                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
-    else
-      e = l.softcap ? launch_bwd_main_masked<kD, T, kDeterministic, true>(l, stream)
-                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
+    const cudaError_t e = l.softcap ? launch_bwd_main_masked<kD, T, kDeterministic, true>(l, stream)
+                                    : launch_bwd_main_masked<kD, T, kDeterministic, false>(l, stream);
     if (e != cudaSuccess) return e;
   }
   if (l.post_blocks > 0) {
@@ -121,7 +116,7 @@ cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, cudaStream_t strea
 // deterministic kernels come from the *_det.cu files, compiled apart).
 cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, cudaStream_t stream);
-// Defined in bwd_sm90_hdim256.cu (no deterministic or softcap kernels).
+// Defined in bwd_sm90_hdim256.cu (no deterministic kernels).
 cudaError_t bwd_run_hdim256(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 // Defined in bwd_sm90_hdim64_det.cu / bwd_sm90_hdim128_det.cu.
 cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);

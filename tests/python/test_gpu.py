@@ -308,8 +308,8 @@ def test_gpu_argument_errors_then_recovery(case, exc, pattern):
 
 # ---- backward ----------------------------------------------------------------------------
 # The Hopper backward covers head dims up to 128 with every option (causal, windows, softcap,
-# GQA, varlen, seqused_k, deterministic) and 136..256 without softcap or deterministic mode.
-# Elsewhere (no Hopper GPU, or those options above 128) flash4_bwd says NOT_SUPPORTED and
+# GQA, varlen, seqused_k, deterministic) and 136..256 without deterministic mode.
+# Elsewhere (no Hopper GPU, or deterministic above 128) flash4_bwd says NOT_SUPPORTED and
 # the binding raises NotImplementedError with that reason.
 
 def _backward_runs():
@@ -345,10 +345,9 @@ def test_backward_accuracy(seqlens, d, mode):
 
 @pytest.mark.parametrize("seqlens", BWD_SEQLENS, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("d", [160, 192, 256])
-@pytest.mark.parametrize("mode", ["plain", "causal", "window"])
+@pytest.mark.parametrize("mode", ["plain", "causal", "window", "causal_window_softcap"])
 def test_backward_accuracy_large_head_dims(seqlens, d, mode):
-    """Head dims above 128 (the head-dim-256 kernel): every option but softcap and
-    deterministic mode."""
+    """Head dims above 128 (the head-dim-256 kernel): every option but deterministic mode."""
     _backward_accuracy(seqlens, d, mode)
 
 
@@ -416,15 +415,10 @@ def test_varlen_backward_accuracy(causal, mode):
             assert torch.all(k.grad[rows] == 0) and torch.all(v.grad[rows] == 0)
 
 
-def test_backward_large_head_dim_options_say_why():
-    """Softcap and deterministic mode have no backward above head dim 128: a
-    NotImplementedError with the library's reason."""
+def test_backward_large_head_dim_deterministic_says_why():
+    """Deterministic mode has no backward above head dim 128: a NotImplementedError with
+    the library's reason."""
     _backward_runs()
-    q, k, v = (rand(2, 64, 2, 192).requires_grad_() for _ in range(3))
-    out = flash4.flash_attn_func(q, k, v, causal=True, softcap=20.0)
-    with pytest.raises(NotImplementedError,
-                       match=r"flash4::bwd: .*softcap is not implemented for head dims above 128"):
-        out.sum().backward()
     q, k, v = (rand(2, 64, 2, 256).requires_grad_() for _ in range(3))
     out = flash4.flash_attn_func(q, k, v, deterministic=True)
     with pytest.raises(NotImplementedError,
