@@ -293,7 +293,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
   if (wthr == 0) {
     const int key_start = n_block * kBN;
     if (key_start < sqi.sk_rows)  // keys in [sk, sk_rows) get their zero gradients
-      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 0, 2 * cw, 2, key_start, cta.h_kv, cta.b);
+      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 0, 2 * cw, 2, key_start, cta.h_kv, cta.b,
+                     args.data_panels);
     bulk_wait_all();
   }
 }

@@ -121,6 +121,7 @@
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/bwd_ptx.cuh"
+#include "sm90/panels.cuh"
 #include "sm90/sequence.cuh"
 
 namespace flash4 {
@@ -187,6 +188,7 @@ struct BwdKernelArgs {
   // Deterministic mode only (nullptr otherwise): see the file comment.
   int* dq_sem;     // the semaphores (dq_sem region + 4 words)
   int* dq_ticket;  // the CTA ticket counter (dq_sem region, word 0)
+  int data_panels;  // ceil(D / 64): the 64-column panels with data (sm90/panels.cuh)
 };
 
 struct BwdPrepArgs {
@@ -475,13 +477,14 @@ __device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
 }
 
 // TMA stores of staged dK / dV: 64 key rows from key_start, 64-column panels
-// [first_panel, first_panel + panels) (one thread; commits one group).
+// [first_panel, first_panel + panels) below data_panels (sm90/panels.cuh);
+// one thread, commits one group.
 __device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
                                                const uint8_t* sK, const uint8_t* sV,
                                                uint32_t panel_bytes, uint32_t row_in_tile,
                                                int first_panel, int panels, int key_start, int h_kv,
-                                               int b) {
-  for (int p = first_panel; p < first_panel + panels; ++p) {
+                                               int b, int data_panels) {
+  for (int p = first_panel; p < first_panel + panels && p < data_panels; ++p) {
     const uint8_t* dk_src = sK + p * panel_bytes + row_in_tile * 128;
     const uint8_t* dv_src = sV + p * panel_bytes + row_in_tile * 128;
     if (args.ks_ragged) {
@@ -643,6 +646,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     }
     mbar_init_fence();
   }
+  // Panels with no data (head dims 136..192 on the 256 kernel): zeroed once,
+  // never loaded or stored (sm90/panels.cuh). Compile-time all below 256.
+  const int np = C::kSharedKeys ? args.data_panels : C::kPanels;
+  if constexpr (C::kSharedKeys) {
+    zero_tail_panels<C::kPanels>(sK, C::kKBytes, 2, C::kPanelBytesN, np);        // K, V
+    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, 2 * kS, C::kPanelBytesM, np);  // Q, dO stages
+  }
   __syncthreads();
 
   if (wg == 0) {
@@ -657,9 +667,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         prefetch_tmap(&args.tm_lse);
         prefetch_tmap(&args.tm_dsum);
       }
-      mbar_arrive_expect_tx(kv_full, 2 * C::kKBytes);
+      mbar_arrive_expect_tx(kv_full, 2 * np * C::kPanelBytesN);
 #pragma unroll
       for (int p = 0; p < C::kPanels; ++p) {
+        if (p >= np) continue;
         if (args.k_ragged) {
           tma_load_5d(sK + p * C::kPanelBytesN, &args.tm_k, kv_full, p * 64,
                       sqi.k_row + n_block * kBN, h_kv, sqi.mb, sqi.k_ext);
@@ -679,9 +690,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const int s = it % kS;
         const uint32_t ph = (it / kS) & 1;
         mbar_wait(&empty[s], ph ^ 1);
-        mbar_arrive_expect_tx(&full[s], 2 * C::kQBytes + 2 * C::kRowBytes);
+        mbar_arrive_expect_tx(&full[s], 2 * np * C::kPanelBytesM + 2 * C::kRowBytes);
 #pragma unroll
         for (int p = 0; p < C::kPanels; ++p) {
+          if (p >= np) continue;
           uint8_t* dq_dst = sQ + s * C::kQBytes + p * C::kPanelBytesM;
           uint8_t* ddo_dst = sDO + s * C::kQBytes + p * C::kPanelBytesM;
           if (args.q_ragged) {

@@ -254,6 +254,7 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   a.scale_log2 = sf.scale_log2;
   a.softcap_pre = sf.softcap_pre;
   a.softmax_scale = p.softmax_scale;
+  a.data_panels = (p.headdim + 63) / 64;  // sm90/panels.cuh
   a.dq_sem = l.deterministic ? dq_sem : nullptr;
   a.dq_ticket = l.deterministic ? dq_ticket : nullptr;
   l.dq_sem_region = l.deterministic ? dq_ticket : nullptr;

@@ -94,6 +94,7 @@
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/ptx.cuh"
+#include "sm90/panels.cuh"
 #include "sm90/sequence.cuh"
 
 namespace flash4 {
@@ -125,6 +126,7 @@ struct FwdKernelArgs {
   int heads_per_section;  // causal tile order: (b,h) pairs per L2 section
   int num_tiles;       // num_m_blocks * num_hb (< 2^31, checked on the host)
   float scale_log2;    // exp2 multiplier, > 0: softmax_scale*log2(e), or softcap*log2(e)
+  int data_panels;     // ceil(D / 64): the 64-column panels with data (sm90/panels.cuh)
 };
 
 template <int kHeadDim_, typename Elem_, bool kCausal_, int kStages_ = 2, bool kOverlap_ = true,
@@ -312,6 +314,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     }
     mbar_init_fence();
   }
+  // Panels with no data (head dims 136..192 on the 256 kernel): zero once,
+  // never loaded or stored (sm90/panels.cuh). Compile-time all panels below 256.
+  const int np = kD == 256 ? args.data_panels : C::kPanels;
+  if constexpr (kD == 256) {
+    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, C::kAliasO ? 1 : 2, C::kPanelBytesM, np);
+    zero_tail_panels<C::kPanels>(sK, C::kKVBytes, 2 * kS, C::kPanelBytesN, np);  // K and V rings
+  }
   __syncthreads();
 
   if (wg == 0) {
@@ -344,9 +353,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         }
         const int h_kv = tc.h / args.group;
         mbar_wait(q_empty, (q_iter & 1) ^ 1);
-        mbar_arrive_expect_tx(q_full, C::kQBytes);
+        mbar_arrive_expect_tx(q_full, np * C::kPanelBytesM);
 #pragma unroll
         for (int p = 0; p < C::kPanels; ++p) {
+          if (p >= np) continue;
           if (args.q_ragged)
             tma_load_5d(sQ + p * C::kPanelBytesM, &args.tm_q, q_full, p * 64, si.q_row + m0,
                         tc.h, si.mb, si.q_ext);
@@ -359,9 +369,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           const int s = g % kS;
           const uint32_t ph = (g / kS) & 1;
           mbar_wait(&k_empty[s], ph ^ 1);
-          mbar_arrive_expect_tx(&k_full[s], C::kKVBytes);
+          mbar_arrive_expect_tx(&k_full[s], np * C::kPanelBytesN);
 #pragma unroll
           for (int p = 0; p < C::kPanels; ++p) {
+            if (p >= np) continue;
             if (args.k_ragged)
               tma_load_5d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
                           p * 64, si.k_row + n * kBN, h_kv, si.mb, si.k_ext);
@@ -370,9 +381,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                           p * 64, n * kBN, h_kv, tc.b);
           }
           mbar_wait(&v_empty[s], ph ^ 1);
-          mbar_arrive_expect_tx(&v_full[s], C::kKVBytes);
+          mbar_arrive_expect_tx(&v_full[s], np * C::kPanelBytesN);
 #pragma unroll
           for (int p = 0; p < C::kPanels; ++p) {
+            if (p >= np) continue;
             if (args.k_ragged)
               tma_load_5d(sV + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_v, &v_full[s],
                           p * 64, si.k_row + n * kBN, h_kv, si.mb, si.k_ext);
@@ -736,6 +748,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (wthr == 0) {
 #pragma unroll
       for (int p = 0; p < C::kPanels; ++p) {
+        if (p >= np) continue;
         if (args.q_ragged)
           tma_store_5d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64,
                        se.q_row + m0e + cw * 64, te.h, se.mb, se.q_ext);

@@ -141,6 +141,7 @@ cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKer
   const ScoreFactors sf = score_factors(p);
   a.scale_log2 = sf.scale_log2;
   a.softcap_pre = sf.softcap_pre;
+  a.data_panels = (p.headdim + 63) / 64;  // sm90/panels.cuh
   int num_sms = 0;
   const cudaError_t e = sm_count(p, &num_sms);
   if (e != cudaSuccess) return e;
