@@ -8,8 +8,7 @@
 //
 // Without a CUDA device, or without a device the backward runs on (the GPU
 // backward is Hopper-only for now), the GPU tests are skipped with the reason.
-// Head dims above 128 run on the head-dim-256 kernel, without the
-// deterministic mode (GpuBwdUnsupported).
+// Head dims above 128 run on the head-dim-256 kernel.
 //
 // Suites (all GpuBwd*):
 //   GpuBwdBase         {bf16, fp16} x (Sq,Sk) x d {64,128} x {non-causal, causal},
@@ -606,6 +605,14 @@ std::vector<Case> deterministic_cases() {
   // Unmasked: rotated order (nm >= nk: integer and non-integer ratios, varlen), and not (nm < nk).
   add("fp16_d128_gqa_300x1000", 2, 300, 1000, 4, 2, 128, false, FLASH4_DTYPE_FP16);
   add("bf16_d64_1100x1024", 2, 1100, 1024, 4, 2, 64, false, FLASH4_DTYPE_BF16);  // nm = nk + 1
+  // Head dim 256 kernel (consumers wait for their turn; 64-key blocks): rotated and ascending
+  // order, causal, a window with softcap, d192 (a panel without data).
+  add("bf16_d256_gqa_300x1000", 2, 300, 1000, 4, 2, 256, false, FLASH4_DTYPE_BF16);
+  add("fp16_d256_causal_1023x1024", 1, 1023, 1024, 2, 1, 256, true, FLASH4_DTYPE_FP16);
+  add("bf16_d192_window_softcap_700x900", 2, 700, 900, 2, 1, 192, false, FLASH4_DTYPE_BF16);
+  v.back().p.window_left = 200; v.back().p.window_right = 100; v.back().p.softcap = 20.0;
+  v.back().p.input_std = 2.0;
+  add("bf16_d256_mqa_2100x2100", 1, 2100, 2100, 4, 1, 256, false, FLASH4_DTYPE_BF16);
   {
     Case c;
     c.name = "bf16_d128_varlen_seqused";
@@ -784,8 +791,6 @@ TEST(GpuBwdUnsupported, SaysWhyAndWritesNothing) {
     void (*apply_args)(flash4_bwd_args*);
   };
   const Variant variants[] = {
-      {"head dim 256 deterministic", "deterministic mode is not implemented for head dims above 128",
-       [](Problem* p) { p->headdim = 256; }, [](flash4_bwd_args* a) { a->deterministic = 1; }},
       {"forced portable path", "portable", [](Problem* p) { p->path = FLASH4_PATH_PORTABLE; }, nullptr},
   };
   h::Stream stream;

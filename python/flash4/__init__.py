@@ -9,8 +9,7 @@ flash_attn_func and flash_attn_varlen_func take FlashAttention's arguments
 (see flash4.interface for the differences). The ops behind them are
 torch.ops.flash4.{fwd, bwd, fwd_varlen, bwd_varlen}: usable in torch.compile
 (fake kernels) and CUDA graphs. The backward runs on Hopper (sm_90) GPUs;
-elsewhere, and for deterministic mode above head dim 128,
-backward() raises NotImplementedError with the library's reason.
+elsewhere backward() raises NotImplementedError with the library's reason.
 backward_available() says whether it runs, and forward_path() which kernels
 the forward takes.
 """

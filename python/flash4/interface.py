@@ -15,8 +15,7 @@ Differences from FlashAttention-2's functions:
     for varlen, natural log; -inf for rows that see no key (FA2 gives +inf).
   * No dropout_p, alibi_slopes or block_table arguments.
   * lse carries no gradient (the backward ignores it, as FlashAttention does).
-  * The backward runs on Hopper (sm_90) GPUs, head dims 8..256
-    (deterministic=True up to 128). Elsewhere loss.backward() through these
+  * The backward runs on Hopper (sm_90) GPUs, head dims 8..256. Elsewhere loss.backward() through these
     functions raises NotImplementedError with the library's message;
     flash4.backward_available() tells whether it runs.
 

@@ -32,7 +32,12 @@
 // 16 bits (fragment order) for consumer 1 under softcap, where sP carries
 // P^T (1 - t^2) instead of P^T (t = tanh(scale s / cap): the softcap's
 // derivative, which only consumer 0 has).
-// Not built for head dim 256: the deterministic mode.
+// Deterministic mode (kDeterministic): no writer warp (nothing is staged);
+// each consumer adds its two pieces of (h, m) itself, in the order of
+// bwd_kernel.cuh ("Deterministic mode"): thread 0 waits until the piece
+// pair's semaphore (dq_sem at row_offset(h, m) / 32 + w) equals the adds
+// that come first, the warpgroup syncs, adds, syncs, and thread 0 fences
+// and increments the semaphore. The consumer stalls on those waits.
 //
 // dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
 // piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)
@@ -48,10 +53,11 @@ __host__ __device__ constexpr int bwd_d256_piece_offset(int i, int t) {
   return (i / 4) * 512 + 4 * t + i % 4;
 }
 
-template <class C, class IterHm, class RowOffset>
+template <class C, class IterHm, class RowOffset, class AddsBefore>
 __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& args,
                                                           uint8_t* smem, const BwdCta& cta,
-                                                          IterHm iter_hm, RowOffset row_offset) {
+                                                          IterHm iter_hm, RowOffset row_offset,
+                                                          AddsBefore adds_before) {
   using T = typename C::Elem;
   constexpr int kD = C::kHeadDim;
   constexpr int kBM = C::kBlockM;
@@ -270,6 +276,12 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       wgmma_commit_group();
     }
     float* dst = args.dq_accum + row_offset(h, m) * kD + 2 * cw * C::kDQPieceFloats;
+    int* sem = nullptr;
+    if constexpr (C::kDeterministic) {  // this consumer's turn on (h, m)
+      sem = args.dq_sem + row_offset(h, m) / 32 + cw;
+      if (wthr == 0) sem_wait_eq(sem, adds_before(m));
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+    }
 #pragma unroll
     for (int g = 0; g < 8; ++g)
       red_add_v4_f32(dst + bwd_d256_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
@@ -280,6 +292,13 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     for (int g = 0; g < 8; ++g)
       red_add_v4_f32(dst + C::kDQPieceFloats + bwd_d256_piece_offset(4 * g, wthr), dq1[4 * g],
                      dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
+    if constexpr (C::kDeterministic) {  // hand the turn on once every thread's adds are issued
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        __threadfence();
+        red_release_gpu_add_s32(sem, 1);
+      }
+    }
   }
 
   // ------------------------------------------------------------- epilogue

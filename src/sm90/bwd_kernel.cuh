@@ -233,7 +233,6 @@ struct BwdConfig {
   // head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK and dV do
   // not fit in one warpgroup's registers.
   static constexpr bool kSharedKeys = kHeadDim == 256;
-  static_assert(!(kSharedKeys && kDeterministic), "head dim 256: no deterministic kernels");
 
   // keys per CTA: 2 consumers x 64, or 64 shared by both (head dim 256)
   static constexpr int kBlockN = kSharedKeys ? 64 : 128;
@@ -710,7 +709,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
-    } else if (C::kDeterministic && tid == 32) {
+    } else if (C::kDeterministic && !C::kSharedKeys && tid == 32) {
       // dQ writer (deterministic): takes each iteration's two staged pieces
       // in order, waits for its turn on each piece's semaphore, reduce-adds
       // them, frees the staging buffers once read, and hands the turn on
@@ -747,7 +746,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   setmaxnreg_inc<C::kConsumerRegs>();
   if constexpr (C::kSharedKeys) {
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
-    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
+    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset, adds_before);
   } else {
     // Head dims 64 and 128. (Kept inline and apart from the helpers that the
     // head-dim-256 consumers use: rebuilt on them, or moved into a function,

@@ -116,8 +116,9 @@ cudaError_t launch_bwd_shipped(const BwdLaunch& l, bool bf16, cudaStream_t strea
 // deterministic kernels come from the *_det.cu files, compiled apart).
 cudaError_t bwd_run_hdim64(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 cudaError_t bwd_run_hdim128(const BwdLaunch& l, bool bf16, cudaStream_t stream);
-// Defined in bwd_sm90_hdim256.cu (no deterministic kernels).
+// Defined in bwd_sm90_hdim256.cu / bwd_sm90_hdim256_det.cu.
 cudaError_t bwd_run_hdim256(const BwdLaunch& l, bool bf16, cudaStream_t stream);
+cudaError_t bwd_run_hdim256_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 // Defined in bwd_sm90_hdim64_det.cu / bwd_sm90_hdim128_det.cu.
 cudaError_t bwd_run_hdim64_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);
 cudaError_t bwd_run_hdim128_det(const BwdLaunch& l, bool bf16, cudaStream_t stream);

@@ -12,9 +12,8 @@
 //   aligned), local windows (left/right, with or without causal), softcap,
 //   any finite softmax_scale, deterministic dQ (fixed order of the fp32
 //   adds: bwd_kernel.cuh).
-//   Not yet: the deterministic mode above head dim 128 (the head-dim-256
-//   kernel adds dQ from registers, not through the writer warp's staging:
-//   bwd_consumer_d256.cuh).
+//   Above head dim 128 the deterministic mode waits for its turn in the
+//   consumers (no writer warp: bwd_consumer_d256.cuh).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -100,9 +99,6 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
   if (p.headdim < 8 || p.headdim > 256 || p.headdim % 8 != 0)
     return no("sm90 backward has no kernel for head dim " + std::to_string(p.headdim) +
               " (runs 8..256 in multiples of 8)");
-  if (p.headdim > 128 && p.deterministic)
-    return no("sm90 backward: deterministic mode is not implemented for head dims above 128 "
-              "(head dim " + std::to_string(p.headdim) + ")");
   if (!std::isfinite(p.softmax_scale) || !std::isfinite(p.softmax_scale_log2))
     return no("sm90 backward needs a finite softmax_scale");
   if (p.softcap > 0.f && !(p.softmax_scale > 0.f))

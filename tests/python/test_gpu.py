@@ -308,8 +308,8 @@ def test_gpu_argument_errors_then_recovery(case, exc, pattern):
 
 # ---- backward ----------------------------------------------------------------------------
 # The Hopper backward covers head dims up to 128 with every option (causal, windows, softcap,
-# GQA, varlen, seqused_k, deterministic) and 136..256 without deterministic mode.
-# Elsewhere (no Hopper GPU, or deterministic above 128) flash4_bwd says NOT_SUPPORTED and
+# GQA, varlen, seqused_k, deterministic), 136..256 too. Elsewhere (no Hopper GPU)
+# flash4_bwd says NOT_SUPPORTED and
 # the binding raises NotImplementedError with that reason.
 
 def _backward_runs():
@@ -415,15 +415,25 @@ def test_varlen_backward_accuracy(causal, mode):
             assert torch.all(k.grad[rows] == 0) and torch.all(v.grad[rows] == 0)
 
 
-def test_backward_large_head_dim_deterministic_says_why():
-    """Deterministic mode has no backward above head dim 128: a NotImplementedError with
-    the library's reason."""
+def test_backward_large_head_dim_deterministic_bitwise():
+    """deterministic=True at head dims above 128 (the 256 kernel): the same gradient bits on
+    every call, accurate."""
     _backward_runs()
-    q, k, v = (rand(2, 64, 2, 256).requires_grad_() for _ in range(3))
-    out = flash4.flash_attn_func(q, k, v, deterministic=True)
-    with pytest.raises(NotImplementedError,
-                       match=r"flash4::bwd: .*deterministic mode is not implemented for head dims"):
-        out.sum().backward()
+    torch.manual_seed(31)
+    for d, causal in ((256, False), (192, True)):
+        q, k, v = rand(2, 301, 4, d), rand(2, 457, 2, d), rand(2, 457, 2, d)
+        dout = rand(2, 301, 4, d)
+        grads = []
+        for _ in range(3):
+            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            flash4.flash_attn_func(qq, kk, vv, causal=causal, deterministic=True).backward(dout)
+            grads.append((qq.grad, kk.grad, vv.grad))
+        for g in grads[1:]:
+            for a, b in zip(g, grads[0]):
+                assert torch.equal(a, b), f"d{d} deterministic gradients differ between calls"
+        _check_grads(grads[0], (q, k, v), dout,
+                     lambda t, upcast: attention_ref(*t, upcast=upcast, causal=causal)[0],
+                     f"deterministic d{d} causal={causal}")
 
 
 def test_backward_deterministic_bitwise():
