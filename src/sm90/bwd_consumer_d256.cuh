@@ -37,7 +37,10 @@
 // bwd_kernel.cuh ("Deterministic mode"): thread 0 waits until the piece
 // pair's semaphore (dq_sem at row_offset(h, m) / 32 + w) equals the adds
 // that come first, the warpgroup syncs, adds, syncs, and thread 0 fences
-// and increments the semaphore. The consumer stalls on those waits.
+// and increments the semaphore, the latter two after issuing the next
+// iteration's first GEMM (the fence waits for the adds to land). The
+// release never waits on another CTA, so no wait cycle forms. The consumer
+// stalls on the semaphore waits.
 //
 // dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
 // piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)
@@ -106,6 +109,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
 #pragma unroll
   for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
 
+  int* pending_sem = nullptr;  // deterministic: the semaphore to hand on (see below)
   mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
 
   for (int it = 0; it < cta.n_iters; ++it) {
@@ -119,6 +123,15 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     mbar_wait(&sm.full[s], ph);
 
     bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
+    if constexpr (C::kDeterministic) {
+      // The previous iteration's hand-on: its fence (a round trip for the
+      // adds) runs under this iteration's first GEMM instead of before it.
+      if (wthr == 0 && pending_sem != nullptr) {
+        __threadfence();
+        red_release_gpu_add_s32(pending_sem, 1);
+      }
+      pending_sem = nullptr;
+    }
 
     uint32_t doa = do_half + s * C::kQBytes;
     uint32_t qa = q_half + s * C::kQBytes;
@@ -292,12 +305,15 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     for (int g = 0; g < 8; ++g)
       red_add_v4_f32(dst + C::kDQPieceFloats + bwd_d256_piece_offset(4 * g, wthr), dq1[4 * g],
                      dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
-    if constexpr (C::kDeterministic) {  // hand the turn on once every thread's adds are issued
+    if constexpr (C::kDeterministic) {  // every thread's adds issued; handed on next iteration
       named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        __threadfence();
-        red_release_gpu_add_s32(sem, 1);
-      }
+      pending_sem = sem;
+    }
+  }
+  if constexpr (C::kDeterministic) {
+    if (wthr == 0 && pending_sem != nullptr) {
+      __threadfence();
+      red_release_gpu_add_s32(pending_sem, 1);
     }
   }
 
