@@ -24,12 +24,14 @@
 // seldom waits, the reader gets there first.
 //   kBwdBarP  after consumer 0 wrote P^T of iteration it into sP; consumer 0
 //             then issues its dV GEMM, which runs while consumer 1 computes dS^T.
-//   kBwdBarDS after consumer 1 wrote dS^T of it into sDS (and read sP, sPb:
-//             consumer 0 rewrites them in it + 1 only after this barrier).
-// One dS^T buffer is enough here (sDS[0]): consumer 1 rewrites it in it + 1
-// after kBwdBarP of it + 1, which consumer 0 reaches only after its dQ
-// wgmma and its fragment loads of it. The second 8 KB holds P^T packed to
-// 16 bits (fragment order) for consumer 1 under softcap, where sP carries
+//   kBwdBarDS after consumer 1 wrote dS^T of it into its sDS buffer (and read
+//             sP, sPb: consumer 0 rewrites them in it + 1 only after this barrier).
+// dS^T buffers: one would be enough for correctness (consumer 1 rewrites it
+// in it + 1 after kBwdBarP of it + 1, which consumer 0 reaches only after
+// its dQ wgmma and its fragment loads of it), but alternating two measured
+// ~4% faster (cause not investigated), so the kernels without softcap
+// alternate. With softcap, buffer 0 only: the second 8 KB holds P^T packed
+// to 16 bits (fragment order) for consumer 1, as sP then carries
 // P^T (1 - t^2) instead of P^T (t = tanh(scale s / cap): the softcap's
 // derivative, which only consumer 0 has).
 // Deterministic mode (kDeterministic): no writer warp (nothing is staged);
@@ -119,7 +121,9 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     const int s = it % kS;
     const uint32_t ph = (it / kS) & 1;
     const int q0 = m * kBM;
-    uint8_t* ds_buf = sm.ds;  // one buffer (file comment)
+    // dS^T buffer: alternating without softcap, buffer 0 with softcap (file comment).
+    const uint32_t ds_off = C::kSoftcap ? 0u : static_cast<uint32_t>(it & 1) * C::kDSBytes;
+    uint8_t* ds_buf = sm.ds + ds_off;
     mbar_wait(&sm.full[s], ph);
 
     bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
@@ -135,7 +139,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
 
     uint32_t doa = do_half + s * C::kQBytes;
     uint32_t qa = q_half + s * C::kQBytes;
-    uint32_t da = ds_base;
+    uint32_t da = ds_base + ds_off;
     uint32_t ka = k_base + 2 * cw * C::kPanelBytesN;
     reg_fence(doa);
     reg_fence(qa);
