@@ -274,8 +274,9 @@ struct BwdConfig {
   static constexpr int kOffLse = kOffP + kPBytes;
   static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
-  // barriers: kv_full, full[S], empty[S] (deterministic: dq_full[2], dq_empty[2])
-  // + deterministic: dq_full[2], dq_empty[2] (consumer <-> dQ writer warp)
+  // barriers: kv_full, full[S], empty[S]
+  // + deterministic: dq_full[2], dq_empty[2] (consumer <-> dQ writer warp; head
+  //   dim 256: consumer <-> turn keeper, see bwd_consumer_d256.cuh)
   static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0);
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
   static constexpr int kSmemBytes =
@@ -738,6 +739,27 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
         red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
       }
+    } else if (C::kDeterministic && C::kSharedKeys && tid == 32) {
+      // Turn keeper (deterministic, head dim 256; bwd_consumer_d256.cuh): the
+      // consumers add dQ from registers (nothing is staged), this thread
+      // keeps the semaphore traffic off their path. Per iteration: wait for
+      // the turn on each piece pair of (h, m), grant it (dq_empty[w]), wait
+      // until every thread of consumer w has issued its adds (dq_full[w]),
+      // fence, hand the turn on.
+      for (int it = 0; it < n_iters; ++it) {
+        const int2 hm = iter_hm(it);
+        const int before = adds_before(hm.y);
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          sem_wait_eq(dq_sem_of(hm.x, hm.y, w), before);
+          mbar_arrive(&dq_empty[w]);
+        }
+        mbar_wait(&dq_full[0], it & 1);
+        mbar_wait(&dq_full[1], it & 1);
+        __threadfence();  // the consumers' adds (ordered before their arrivals) come first
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
+      }
     }
     return;
   }
@@ -746,7 +768,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   setmaxnreg_inc<C::kConsumerRegs>();
   if constexpr (C::kSharedKeys) {
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
-    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset, adds_before);
+    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
   } else {
     // Head dims 64 and 128. (Kept inline and apart from the helpers that the
     // head-dim-256 consumers use: rebuilt on them, or moved into a function,
