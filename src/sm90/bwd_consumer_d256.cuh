@@ -36,14 +36,15 @@
 // derivative, which only consumer 0 has).
 // Deterministic mode (kDeterministic): nothing is staged, so the consumers
 // add their pieces of (h, m) themselves, in the order of bwd_kernel.cuh
-// ("Deterministic mode"), and a turn keeper (thread 32 of the producer
-// warpgroup, in bwd_kernel.cuh) does the semaphore work: it waits until the
-// piece pair's semaphore (dq_sem at row_offset(h, m) / 32 + w) equals the
-// adds that come first, grants consumer w its turn (mbarrier dq_empty[w]),
-// waits for the 128 arrivals on dq_full[w] that follow the consumer's adds,
-// fences and increments the semaphore. The consumer's path holds only the
-// grant's shared-memory wait; the keeper's global round trips run under its
-// GEMMs. (Each consumer doing this itself measured 0.58-0.71 of the default.)
+// ("Deterministic mode"), and a turn keeper per consumer (threads 32 and 64
+// of the producer warpgroup, in bwd_kernel.cuh) does the semaphore work: it
+// waits until the piece pair's semaphore (dq_sem at row_offset(h, m) / 32 +
+// w) equals the adds that come first, grants consumer w its turn (mbarrier
+// dq_empty[w]), waits for the 128 arrivals on dq_full[w] that follow the
+// consumer's adds, fences and increments the semaphore. The consumer's path
+// holds only the grant's shared-memory wait; the keeper's global round trips
+// run under its GEMMs. (Each consumer doing this itself measured 0.58-0.71
+// of the default, one keeper for both 0.68-0.78: docs/perf.md.)
 //
 // dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
 // piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)

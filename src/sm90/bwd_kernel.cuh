@@ -739,26 +739,23 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
         red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
       }
-    } else if (C::kDeterministic && C::kSharedKeys && tid == 32) {
-      // Turn keeper (deterministic, head dim 256; bwd_consumer_d256.cuh): the
-      // consumers add dQ from registers (nothing is staged), this thread
-      // keeps the semaphore traffic off their path. Per iteration: wait for
-      // the turn on each piece pair of (h, m), grant it (dq_empty[w]), wait
-      // until every thread of consumer w has issued its adds (dq_full[w]),
-      // fence, hand the turn on.
+    } else if (C::kDeterministic && C::kSharedKeys && (tid == 32 || tid == 64)) {
+      // Turn keepers (deterministic, head dim 256; bwd_consumer_d256.cuh):
+      // the consumers add dQ from registers (nothing is staged); thread 32
+      // (consumer 0's pieces) and thread 64 (consumer 1's), in different
+      // warps, keep the semaphore traffic off their path. Per iteration:
+      // wait for the turn on the piece pair of (h, m), grant it
+      // (dq_empty[w]), wait until every thread of consumer w has issued its
+      // adds (dq_full[w]), fence, hand the turn on.
+      const int w = tid / 32 - 1;
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
-        const int before = adds_before(hm.y);
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          sem_wait_eq(dq_sem_of(hm.x, hm.y, w), before);
-          mbar_arrive(&dq_empty[w]);
-        }
-        mbar_wait(&dq_full[0], it & 1);
-        mbar_wait(&dq_full[1], it & 1);
-        __threadfence();  // the consumers' adds (ordered before their arrivals) come first
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
+        int* sem = dq_sem_of(hm.x, hm.y, w);
+        sem_wait_eq(sem, adds_before(hm.y));
+        mbar_arrive(&dq_empty[w]);
+        mbar_wait(&dq_full[w], it & 1);
+        __threadfence();  // the consumer's adds (ordered before its arrivals) come first
+        red_release_gpu_add_s32(sem, 1);
       }
     }
     return;
