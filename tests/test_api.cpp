@@ -165,15 +165,18 @@ TEST(Api, FwdWorkspaceIsZero) {
 }
 
 TEST(Api, BwdWorkspaceFollowsThePlannedLayout) {
-  // dq_accum fp32 (B, Hq, round_up(Sq,128), round_up(D,64)) + two fp32
-  // (B, Hq, round_up(Sq,128)) row arrays (softmax D, LSE in log2).
+  // dq_accum fp32 (B, Hq, round_up(Sq,128), W) + two fp32 (B, Hq, round_up(Sq,128))
+  // row arrays (softmax D, LSE in log2); W the width of the kernel that runs the head
+  // dim: 64, 128 or 256 (136..248 run on the 256 kernel).
+  auto width = [](int64_t d) -> int64_t { return d <= 64 ? 64 : d <= 128 ? 128 : 256; };
   for (const Shape& s : {Shape{2, 200, 130, 6, 2, 72}, Shape{1, 128, 1, 4, 4, 64},
-                         Shape{3, 1, 9, 8, 1, 256}}) {
+                         Shape{3, 1, 9, 8, 1, 256}, Shape{2, 100, 50, 4, 2, 192},
+                         Shape{1, 64, 64, 2, 1, 136}}) {
     flash4_bwd_args a = batched_bwd(s);
     size_t bytes = 0;
     ASSERT_EQ(flash4_bwd_workspace_size(&a, &bytes), FLASH4_OK) << flash4_last_error();
     const int64_t rows = s.B * s.Hq * round_up(s.Sq, 128);
-    EXPECT_EQ(bytes, size_t(rows * round_up(s.D, 64) * 4 + 2 * rows * 4));
+    EXPECT_EQ(bytes, size_t(rows * width(s.D) * 4 + 2 * rows * 4)) << "D=" << s.D;
     EXPECT_EQ(flash4::bwd_workspace_size(a), bytes);
   }
   // Varlen: every sequence padded to 128 rows, bounded by total_q + 128 * B.
