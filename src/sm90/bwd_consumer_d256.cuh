@@ -56,6 +56,156 @@
 namespace flash4 {
 namespace sm90 {
 
+// The mask of one tile (kBM queries from q0 x a consumer's key rows) as one
+// thread sees it: element (c, hh, e) of its S^T fragment is key
+// key0 + 8 hh and query q0 + 8 c + 2 quad + e. any: some element of the tile
+// may be masked (the tile crosses the key tail or a window edge); only then
+// are elements tested.
+struct BwdTileMask {
+  int key0, q0, quad, sk, shift, left, right;
+  bool any;
+  __device__ __forceinline__ bool masked(int c, int hh, int e) const {
+    const int key = key0 + 8 * hh;
+    const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
+    bool m = key >= sk;
+    if (right >= 0) m = m || d > right;
+    if (left >= 0) m = m || d < -left;
+    return m;
+  }
+};
+// Key j is visible to query i iff j < sk and j - (i + shift) in [-left, right]
+// (shift = sk - sq; -1: unbounded); the block holds keys [j_first, j_first + kBN).
+template <int kBM, int kBN>
+__device__ __forceinline__ BwdTileMask bwd_tile_mask(int64_t j_first, int q0, int key0, int quad,
+                                                     int sk, int shift, int left, int right) {
+  bool any = j_first + kBN > sk;
+  const int64_t d_max = j_first + kBN - 1 - q0 - shift;    // largest j - (i + shift)
+  const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
+  if (right >= 0) any = any || d_max > right;
+  if (left >= 0) any = any || d_min < -left;
+  return BwdTileMask{key0, q0, quad, sk, shift, left, right, any};
+}
+
+// P^T = exp2(c2 S^T - lse_log2[query]) of one thread's S^T fragment (kBM
+// queries; p may alias s), masked elements -> 0 (exp2(-inf)).
+template <int kBM>
+__device__ __forceinline__ void bwd_p_from_s(float (&p)[kBM / 2], const float (&s)[kBM / 2],
+                                             const float* lse_s, float c2, int quad,
+                                             const BwdTileMask& mask) {
+#pragma unroll
+  for (int c = 0; c < kBM / 8; ++c) {
+    const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 4 * c + 2 * hh + e;
+        float x = fmaf(s[i], c2, -(e ? l.y : l.x));
+        if (mask.any && mask.masked(c, hh, e)) x = -INFINITY;
+        p[i] = ex2_approx(x);
+      }
+  }
+}
+
+// dS^T = P^T (dP^T - D[query]), in place over dP^T.
+template <int kBM>
+__device__ __forceinline__ void bwd_ds_from_dp(float (&dp)[kBM / 2], const float (&p)[kBM / 2],
+                                               const float* dsum_s, int quad) {
+#pragma unroll
+  for (int c = 0; c < kBM / 8; ++c) {
+    const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      dp[4 * c + 2 * hh] = p[4 * c + 2 * hh] * (dp[4 * c + 2 * hh] - dd.x);
+      dp[4 * c + 2 * hh + 1] = p[4 * c + 2 * hh + 1] * (dp[4 * c + 2 * hh + 1] - dd.y);
+    }
+  }
+}
+
+// S^T = K Q^T or dP^T = V dO^T for 64 key rows at a_addr (a K / V tile of
+// kBlockN rows) and the kBlockM query rows at b_addr: both operands K-major,
+// 128B swizzle, one commit group.
+template <class C>
+__device__ __forceinline__ void bwd_issue_kt(float (&acc)[C::kBlockM / 2], uint32_t a_addr,
+                                             uint32_t b_addr) {
+  reg_fence(a_addr);
+  reg_fence(b_addr);
+  const uint64_t a_desc = make_sw128_desc(a_addr, 16, 1024);
+  const uint64_t b_desc = make_sw128_desc(b_addr, 16, 1024);
+  // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
+  // operands: defining them here ends the previous iteration's live range.
+#pragma unroll
+  for (int i = 0; i < C::kBlockM / 2; ++i) acc[i] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
+    const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
+    const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
+    wgmma_ss<typename C::Elem, C::kBlockM>(acc, desc_advance(a_desc, off_a),
+                                           desc_advance(b_desc, off_b), kk > 0);
+  }
+  wgmma_commit_group();
+}
+
+// Byte offset, in a dS^T buffer (rows = keys, 128-byte swizzled rows of 64
+// queries, kBlockM / 64 panels), of the packed pair that fragment (key row r,
+// query chunk c of 8) holds: register ds_frag[c / 2][2 (c % 2) + hh] of the
+// thread with quad q sits at key row r + 8 hh.
+template <class C>
+__device__ __forceinline__ uint32_t bwd_ds_offset(uint32_t r, int c, int quad) {
+  return (c / 8) * C::kPanelBytesN + r * 128 + (((static_cast<uint32_t>(c % 8)) ^ (r & 7u)) << 4) +
+         quad * 4;
+}
+
+// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
+// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
+// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
+// scaled by sc.
+template <typename T, int kAccPanels>
+__device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
+                                               const float (&dk)[32 * kAccPanels],
+                                               const float (&dv)[32 * kAccPanels], uint32_t r,
+                                               int quad, uint32_t panel_bytes, int first_panel,
+                                               float sc) {
+  const uint32_t r7 = r & 7u;
+#pragma unroll
+  for (int p = 0; p < kAccPanels; ++p)
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 4 * (8 * p + c) + 2 * hh;
+        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
+                             ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
+        *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
+        *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
+      }
+}
+
+// TMA stores of staged dK / dV (64-row tiles): 64 key rows from key_start,
+// 64-column panels [first_panel, first_panel + panels) below data_panels
+// (sm90/panels.cuh); one thread, commits one group.
+__device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
+                                               const uint8_t* sK, const uint8_t* sV,
+                                               uint32_t panel_bytes, int first_panel, int panels,
+                                               int key_start, int h_kv, int b, int data_panels) {
+  for (int p = first_panel; p < first_panel + panels && p < data_panels; ++p) {
+    const uint8_t* dk_src = sK + p * panel_bytes;
+    const uint8_t* dv_src = sV + p * panel_bytes;
+    if (args.ks_ragged) {
+      // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
+      const int ks_row = args.seqlen_k - sqi.sk_rows;
+      const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
+      tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+      tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+    } else {
+      tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
+      tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
+    }
+  }
+  tma_store_commit();
+}
+
 __host__ __device__ constexpr int bwd_d256_piece_offset(int i, int t) {
   return (i / 4) * 512 + 4 * t + i % 4;
 }
@@ -309,7 +459,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
   if (wthr == 0) {
     const int key_start = n_block * kBN;
     if (key_start < sqi.sk_rows)  // keys in [sk, sk_rows) get their zero gradients
-      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 0, 2 * cw, 2, key_start, cta.h_kv, cta.b,
+      bwd_store_dkdv(args, sqi, sK, sV, C::kPanelBytesN, 2 * cw, 2, key_start, cta.h_kv, cta.b,
                      args.data_panels);
     bulk_wait_all();
   }

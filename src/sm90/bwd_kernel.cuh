@@ -350,157 +350,6 @@ struct BwdSmem {
         dq_empty(kv_full + 3 + 2 * C::kStages) {}
 };
 
-// The mask of one tile (kBM queries from q0 x a consumer's key rows) as one
-// thread sees it: element (c, hh, e) of its S^T fragment is key
-// key0 + 8 hh and query q0 + 8 c + 2 quad + e. any: some element of the tile
-// may be masked (the tile crosses the key tail or a window edge); only then
-// are elements tested.
-struct BwdTileMask {
-  int key0, q0, quad, sk, shift, left, right;
-  bool any;
-  __device__ __forceinline__ bool masked(int c, int hh, int e) const {
-    const int key = key0 + 8 * hh;
-    const int d = key - (q0 + 8 * c + 2 * quad + e) - shift;  // |d| < 2^31: Sq + Sk < 2^30
-    bool m = key >= sk;
-    if (right >= 0) m = m || d > right;
-    if (left >= 0) m = m || d < -left;
-    return m;
-  }
-};
-// Key j is visible to query i iff j < sk and j - (i + shift) in [-left, right]
-// (shift = sk - sq; -1: unbounded); the block holds keys [j_first, j_first + kBN).
-template <int kBM, int kBN>
-__device__ __forceinline__ BwdTileMask bwd_tile_mask(int64_t j_first, int q0, int key0, int quad,
-                                                     int sk, int shift, int left, int right) {
-  bool any = j_first + kBN > sk;
-  const int64_t d_max = j_first + kBN - 1 - q0 - shift;    // largest j - (i + shift)
-  const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
-  if (right >= 0) any = any || d_max > right;
-  if (left >= 0) any = any || d_min < -left;
-  return BwdTileMask{key0, q0, quad, sk, shift, left, right, any};
-}
-
-// P^T = exp2(c2 S^T - lse_log2[query]) of one thread's S^T fragment (kBM
-// queries; p may alias s), masked elements -> 0 (exp2(-inf)).
-template <int kBM>
-__device__ __forceinline__ void bwd_p_from_s(float (&p)[kBM / 2], const float (&s)[kBM / 2],
-                                             const float* lse_s, float c2, int quad,
-                                             const BwdTileMask& mask) {
-#pragma unroll
-  for (int c = 0; c < kBM / 8; ++c) {
-    const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 4 * c + 2 * hh + e;
-        float x = fmaf(s[i], c2, -(e ? l.y : l.x));
-        if (mask.any && mask.masked(c, hh, e)) x = -INFINITY;
-        p[i] = ex2_approx(x);
-      }
-  }
-}
-
-// dS^T = P^T (dP^T - D[query]), in place over dP^T.
-template <int kBM>
-__device__ __forceinline__ void bwd_ds_from_dp(float (&dp)[kBM / 2], const float (&p)[kBM / 2],
-                                               const float* dsum_s, int quad) {
-#pragma unroll
-  for (int c = 0; c < kBM / 8; ++c) {
-    const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      dp[4 * c + 2 * hh] = p[4 * c + 2 * hh] * (dp[4 * c + 2 * hh] - dd.x);
-      dp[4 * c + 2 * hh + 1] = p[4 * c + 2 * hh + 1] * (dp[4 * c + 2 * hh + 1] - dd.y);
-    }
-  }
-}
-
-// S^T = K Q^T or dP^T = V dO^T for 64 key rows at a_addr (a K / V tile of
-// kBlockN rows) and the kBlockM query rows at b_addr: both operands K-major,
-// 128B swizzle, one commit group.
-template <class C>
-__device__ __forceinline__ void bwd_issue_kt(float (&acc)[C::kBlockM / 2], uint32_t a_addr,
-                                             uint32_t b_addr) {
-  reg_fence(a_addr);
-  reg_fence(b_addr);
-  const uint64_t a_desc = make_sw128_desc(a_addr, 16, 1024);
-  const uint64_t b_desc = make_sw128_desc(b_addr, 16, 1024);
-  // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
-  // operands: defining them here ends the previous iteration's live range.
-#pragma unroll
-  for (int i = 0; i < C::kBlockM / 2; ++i) acc[i] = 0.f;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
-    const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
-    const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
-    wgmma_ss<typename C::Elem, C::kBlockM>(acc, desc_advance(a_desc, off_a),
-                                           desc_advance(b_desc, off_b), kk > 0);
-  }
-  wgmma_commit_group();
-}
-
-// Byte offset, in a dS^T buffer (rows = keys, 128-byte swizzled rows of 64
-// queries, kBlockM / 64 panels), of the packed pair that fragment (key row r,
-// query chunk c of 8) holds: register ds_frag[c / 2][2 (c % 2) + hh] of the
-// thread with quad q sits at key row r + 8 hh.
-template <class C>
-__device__ __forceinline__ uint32_t bwd_ds_offset(uint32_t r, int c, int quad) {
-  return (c / 8) * C::kPanelBytesN + r * 128 + (((static_cast<uint32_t>(c % 8)) ^ (r & 7u)) << 4) +
-         quad * 4;
-}
-
-// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
-// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
-// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
-// scaled by sc.
-template <typename T, int kAccPanels>
-__device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
-                                               const float (&dk)[32 * kAccPanels],
-                                               const float (&dv)[32 * kAccPanels], uint32_t r,
-                                               int quad, uint32_t panel_bytes, int first_panel,
-                                               float sc) {
-  const uint32_t r7 = r & 7u;
-#pragma unroll
-  for (int p = 0; p < kAccPanels; ++p)
-#pragma unroll
-    for (int c = 0; c < 8; ++c)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int i = 4 * (8 * p + c) + 2 * hh;
-        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
-                             ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
-        *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
-        *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
-      }
-}
-
-// TMA stores of staged dK / dV: 64 key rows from key_start, 64-column panels
-// [first_panel, first_panel + panels) below data_panels (sm90/panels.cuh);
-// one thread, commits one group.
-__device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
-                                               const uint8_t* sK, const uint8_t* sV,
-                                               uint32_t panel_bytes, uint32_t row_in_tile,
-                                               int first_panel, int panels, int key_start, int h_kv,
-                                               int b, int data_panels) {
-  for (int p = first_panel; p < first_panel + panels && p < data_panels; ++p) {
-    const uint8_t* dk_src = sK + p * panel_bytes + row_in_tile * 128;
-    const uint8_t* dv_src = sV + p * panel_bytes + row_in_tile * 128;
-    if (args.ks_ragged) {
-      // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
-      const int ks_row = args.seqlen_k - sqi.sk_rows;
-      const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
-      tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-      tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-    } else {
-      tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
-      tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
-    }
-  }
-  tma_store_commit();
-}
-
 // What a CTA works on, for its consumer warpgroups.
 struct BwdCta {
   SeqCoords sqi;  // the sequence (lengths, TMA coordinates)
@@ -512,7 +361,7 @@ struct BwdCta {
 }  // namespace sm90
 }  // namespace flash4
 
-#include "sm90/bwd_consumer_d256.cuh"  // needs the helpers above; the kernel below calls it
+#include "sm90/bwd_consumer_d256.cuh"  // needs the types above; the kernel below calls it
 
 namespace flash4 {
 namespace sm90 {
@@ -767,10 +616,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
     bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
   } else {
-    // Head dims 64 and 128. (Kept inline and apart from the helpers that the
-    // head-dim-256 consumers use: rebuilt on them, or moved into a function,
-    // the deterministic d64 kernel spilled 260-280 B instead of 76 and ran
-    // ~20% slower.)
+    // Head dims 64 and 128. (Kept inline and apart from the helpers of
+    // bwd_consumer_d256.cuh: rebuilt on them, or moved into a function, the
+    // deterministic d64 kernel spilled 260-280 B instead of 76 and ran ~20%
+    // slower.)
     const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
     const int wthr = tid - 128 * wg;  // thread within the warpgroup
     const int warp_in_wg = wthr / 32;
@@ -795,7 +644,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     float dq[32];
     uint32_t p_frag[kBM / 16][4];
     uint32_t ds_frag[kBM / 16][4];
-  #pragma unroll
+#pragma unroll
     for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
 
     // S^T = K_w Q^T (acc) or dP^T = V_w dO^T: both operands K-major, 128B swizzle.
@@ -808,10 +657,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       const uint64_t b_desc = make_sw128_desc(ba, 16, 1024);
       // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
       // operands: defining them here ends the previous iteration's live range.
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < kNS; ++i) acc[i] = 0.f;
       wgmma_fence();
-  #pragma unroll
+#pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const uint32_t off_a = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
         const uint32_t off_b = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
@@ -863,13 +712,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         wgmma_wait_group<0>();
         reg_fence_array(s_acc);
         reg_fence_array(dp_acc);
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
           const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
           const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-  #pragma unroll
+#pragma unroll
           for (int hh = 0; hh < 2; ++hh)
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = 4 * c + 2 * hh + e;
               const float t = softcap_tanh(s_acc[i], pre);
@@ -883,10 +732,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       } else {
         wgmma_wait_group<1>();
         reg_fence_array(s_acc);
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
           const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
-  #pragma unroll
+#pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
             float x1 = fmaf(s_acc[4 * c + 2 * hh + 1], c2, -l.y);
@@ -901,10 +750,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         // ---- dS^T = P^T * (dP^T - D[query])
         wgmma_wait_group<0>();
         reg_fence_array(dp_acc);
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
           const float2 dd = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
-  #pragma unroll
+#pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
             dp_acc[4 * c + 2 * hh + 1] =
@@ -912,9 +761,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           }
         }
       }
-  #pragma unroll
+#pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
-  #pragma unroll
+#pragma unroll
         for (int j = 0; j < 4; ++j) {
           p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
           ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
@@ -929,10 +778,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
         const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
         wgmma_fence();
-  #pragma unroll
+#pragma unroll
         for (int kk = 0; kk < kBM / 16; ++kk)
           wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
-  #pragma unroll
+#pragma unroll
         for (int kk = 0; kk < kBM / 16; ++kk)
           wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
         wgmma_commit_group();
@@ -941,11 +790,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       // ---- dS^T -> shared memory (buffer it & 1), rows = keys, swizzled
       {
         uint8_t* buf = sDS + (it & 1) * C::kDSBytes;
-  #pragma unroll
+#pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const uint32_t r = static_cast<uint32_t>(64 * cw + row0 + 8 * hh);
           uint8_t* row_base = buf + r * 128 + quad * 4;
-  #pragma unroll
+#pragma unroll
           for (int c = 0; c < kBM / 8; ++c) {
             const uint32_t chunk = static_cast<uint32_t>(c % 8);
             *reinterpret_cast<uint32_t*>(row_base + (c / 8) * C::kPanelBytesN +
@@ -966,10 +815,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         reg_fence(ka);
         const uint64_t a_desc = make_sw128_desc(da, C::kPanelBytesN, 1024);
         const uint64_t b_desc = make_sw128_desc(ka, C::kPanelBytesN, 1024);
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see issue_kt
         wgmma_fence();
-  #pragma unroll
+#pragma unroll
         for (int kk = 0; kk < kBN / 16; ++kk)
           wgmma_ss_tatb_m64n64k16<T>(dq, desc_advance(a_desc, kk * 16 * 128),
                                      desc_advance(b_desc, kk * 16 * 128), kk > 0);
@@ -987,14 +836,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         // Staged for the writer warp (producer warpgroup), which adds it in
         // turn; wait only until the writer has read this buffer's last piece.
         mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
         fence_proxy_async_smem();
         mbar_arrive(&dq_full[cw]);
       } else {
         if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
         named_bar_sync(kBwdBarWG0 + cw, 128);
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
         fence_proxy_async_smem();
         named_bar_sync(kBwdBarWG0 + cw, 128);
@@ -1014,11 +863,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       const float sc = args.softmax_scale;
       const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
       const uint32_t r7 = r & 7u;
-  #pragma unroll
+#pragma unroll
       for (int p = 0; p < C::kPanels; ++p)
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < 8; ++c)
-  #pragma unroll
+#pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             const int i = 4 * (8 * p + c) + 2 * hh;
             const uint32_t off = p * C::kPanelBytesN + (r + 8 * hh) * 128 +
@@ -1032,7 +881,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (wthr == 0) {
       const int key_start = n_block * kBN + 64 * cw;
       if (key_start < sqi.sk_rows) {  // keys in [sk, sk_rows) get their zero gradients
-  #pragma unroll
+#pragma unroll
         for (int p = 0; p < C::kPanels; ++p) {
           const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
           const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
