@@ -10,7 +10,10 @@
 //            kStages stages that runs on across tiles.
 //   WG1..    consumers: setmaxnreg.inc; consumer c owns rows [64c, 64c+64)
 //            of the tile. Per K/V block:
-//              S = Q K^T          SS wgmma (Q, K in 128B-swizzled smem)
+//              S = Q K^T          SS wgmma (Q, K in 128B-swizzled smem), or
+//                                 RS with Q in registers (kQInRegs, head dim
+//                                 128: loaded once per tile by ldmatrix, Q
+//                                 released at once; the wgmma reads only K)
 //              online softmax     registers, exp2 with the scale folded in
 //              O += P V           RS wgmma (P from registers, V MN-major)
 //            then O / l goes to a staging buffer in smem (swizzled as TMA
@@ -93,6 +96,7 @@
 #pragma once
 #include <cuda.h>
 #include <cstdint>
+#include "sm90/fragments.hpp"
 #include "sm90/ptx.cuh"
 #include "sm90/panels.cuh"
 #include "sm90/sequence.cuh"
@@ -131,7 +135,7 @@ struct FwdKernelArgs {
 
 template <int kHeadDim_, typename Elem_, bool kCausal_, int kStages_ = 2, bool kOverlap_ = true,
           bool kPingPong_ = true, int kRescaleThreshold_ = 0, int kExp2EmuEvery_ = 0,
-          int kConsumers_ = 2, bool kSoftcap_ = false>
+          int kConsumers_ = 2, bool kSoftcap_ = false, int kBlockN_ = 0, bool kQInRegs_ = false>
 struct FwdConfig {
   using Elem = Elem_;
   static constexpr bool kSoftcap = kSoftcap_;
@@ -152,7 +156,9 @@ struct FwdConfig {
   static constexpr int kBlockM = 64 * kConsumers;
   // Head dim 256: 80-key blocks (S 64x80 = 40 and O 64x256 = 128 accumulators
   // per thread fit the 240 registers; Q + 2 K/V stages fit shared memory).
-  static constexpr int kBlockN = kHeadDim_ == 256 ? 80 : 128;
+  // kBlockN_ > 0 overrides (head dim 128: 160 or 176, dev measurements only).
+  static constexpr int kBlockN = kBlockN_ > 0 ? kBlockN_ : (kHeadDim_ == 256 ? 80 : 128);
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "K/V block: multiple of 16, at most 256");
   static constexpr int kNumThreads = 128 * (kConsumers + 1);
   // Register split (multiple of 8, total <= 64K): 24/240 for 2 consumers, 32/160 for 3.
   static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32;
@@ -173,11 +179,19 @@ struct FwdConfig {
   static constexpr int kQBytes = kPanels * kPanelBytesM;
   static constexpr int kKVBytes = kPanels * kPanelBytesN;
 
-  // O staging aliased with Q (head dim 256: a separate 64 KB buffer does not
-  // fit). Consumer c stages its O over its own 64 Q rows, which only its own
-  // Q K^T reads; the Q of the next tile is loaded only after the O store has
-  // read the buffer (see "O over Q" in the header comment).
-  static constexpr bool kAliasO = kHeadDim_ == 256;
+  // O staging aliased with Q where a separate O buffer does not fit (head
+  // dim 256; head dim 128 with kBlockN > 160). Consumer c stages its O over
+  // its own 64 Q rows, which only its own Q K^T reads; the Q of the next tile
+  // is loaded only after the O store has read the buffer (see "O over Q" in
+  // the header comment).
+  static constexpr int kSmemNoAlias = 2 * kQBytes + 2 * kStages * kKVBytes + 8 * (2 + 4 * kStages) +
+                                      4 * kNumThreads + 1024;
+  static constexpr bool kAliasO = kHeadDim_ == 256 || kSmemNoAlias > 227 * 1024;
+  // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
+  // ldmatrix, Q released right after): the Q K^T wgmmas read only K from
+  // shared memory.
+  static constexpr bool kQInRegs = kQInRegs_;
+  static_assert(!(kQInRegs && kAliasO), "Q in registers releases Q early: not with O over Q");
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffQ = 0;
@@ -416,6 +430,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   float o[kNO];
   float s_acc[kNS];
   uint32_t p_frag[kBN / 16][4];
+  uint32_t q_frag[C::kQInRegs ? kD / 16 : 1][4];
   float m_ref[2];
   float l_row[2];  // row sums (identical across the quad)
 
@@ -450,9 +465,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off_q = (kk / 4) * C::kPanelBytesM + (kk % 4) * 32;
       const uint32_t off_k = (kk / 4) * C::kPanelBytesN + (kk % 4) * 32;
-      if constexpr (kBN == 80)
-        wgmma_ss_m64n80k16<T>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k),
-                              kk > 0);
+      if constexpr (C::kQInRegs)
+        wgmma_rs_kb<T, kBN>(s_acc, q_frag[kk], desc_advance(k_desc, off_k), kk > 0);
       else
         wgmma_ss<T, kBN>(s_acc, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
     }
@@ -478,7 +492,16 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   // Q is released after the tile's last Q K^T; with O over Q (kAliasO) only
   // after the epilogue's O store has read the buffer (end of the tile loop).
   auto release_q_after_qk = [&]() {
-    if constexpr (!C::kAliasO) release(q_empty);
+    if constexpr (!C::kAliasO && !C::kQInRegs) release(q_empty);
+  };
+  // Q fragments (A layout) of this warp's 16 rows, by ldmatrix from the
+  // 128B-swizzled Q panels (sm90/fragments.hpp).
+  auto load_q_frags = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < (C::kQInRegs ? kD / 16 : 0); ++kk)
+      ldmatrix_x4(q_frag[kk], q_base + ldmatrix_a_offset(warp_in_wg, lane, kk, C::kPanelBytesM));
+    __syncwarp();
+    release(q_empty);
   };
 
   // Online softmax on s_acc (in place: scores -> unnormalised probabilities).
@@ -548,7 +571,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     for (int kk = 0; kk < kBN / 16; ++kk)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+        p_frag[kk][j] = pack2<T>(s_acc[acc_reg_for_a(kk, j, 0)], s_acc[acc_reg_for_a(kk, j, 1)]);
   };
 
   int g = 0;       // global K/V iteration (same sequence as the producer's)
@@ -607,6 +630,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       if constexpr (!C::kAliasO) {
         mbar_wait(q_full, q_iter & 1);
         ++q_iter;
+        if constexpr (C::kQInRegs) load_q_frags();
       }
       if constexpr (C::kOverlap) {
         // Prologue: block n_blocks-1.

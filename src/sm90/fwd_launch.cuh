@@ -34,10 +34,14 @@ cudaError_t launch_fwd(const FwdKernelArgs& args, const FwdLaunch& l, cudaStream
 // (threshold 0), MUFU exp2, 2 K/V stages. Head dim 256 (128x80 tiles, O
 // staged over Q) runs without ping-pong, as FA3 does there: its wgmmas are
 // long next to the softmax of a 64x80 block (not measured here).
+// Head dim 128 keeps Q in registers (RS Q K^T: +4-5% on H100, docs/perf.md).
+template <int kD>
+constexpr bool kShippedQInRegs = kD == 128;
 template <int kD, typename T, bool kCausal, int kConsumers, bool kSoftcap = false>
 using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
                                    /*pingpong*/ kD != 256, /*rescale threshold*/ 0,
-                                   /*exp2 emulation*/ 0, kConsumers, kSoftcap>;
+                                   /*exp2 emulation*/ 0, kConsumers, kSoftcap,
+                                   /*block_n*/ 0, kShippedQInRegs<kD>>;
 
 // The kernel head dim that runs head dim d (8..256, multiple of 8): the
 // next instantiated one; its maps are d columns wide (sm90/tensor_map.hpp).
@@ -164,9 +168,10 @@ cudaError_t fwd_run_exp2emu(const FwdKernelArgs& args, const FwdLaunch& l, int k
 
 // Defined in fwd_sm90.cu: tensor maps and kernel arguments for a call that
 // sm90_fwd_supported accepted, for tiles of block_m query rows (the library
-// path and the dev driver build their arguments the same way).
-cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
-                        FwdLaunch* launch);
+// path and the dev driver build their arguments the same way) and K/V blocks
+// of block_n rows (the configuration's kBlockN: the K/V maps' box).
+cudaError_t fwd_prepare(const FwdParams& p, int block_m, int block_n, bool persistent,
+                        FwdKernelArgs* args, FwdLaunch* launch);
 
 // Defined in fwd_sm90_hdim64.cu / fwd_sm90_hdim128.cu / fwd_sm90_hdim256.cu.
 cudaError_t fwd_run_hdim64(const FwdKernelArgs& args, const FwdLaunch& l, bool bf16, bool causal,

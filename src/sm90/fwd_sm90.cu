@@ -115,16 +115,16 @@ bool sm90_fwd_supported(const FwdParams& p, int cc_major, int cc_minor, std::str
 
 namespace sm90 {
 
-cudaError_t fwd_prepare(const FwdParams& p, int block_m, bool persistent, FwdKernelArgs* args,
-                        FwdLaunch* launch) {
+cudaError_t fwd_prepare(const FwdParams& p, int block_m, int block_n, bool persistent,
+                        FwdKernelArgs* args, FwdLaunch* launch) {
   const bool bf16 = p.dtype == DType::kBf16;
   const int kd = fwd_kernel_headdim(p.headdim);
-  const uint32_t block_n = static_cast<uint32_t>(fwd_block_n(kd));
+  const uint32_t box_n = static_cast<uint32_t>(block_n);
   FwdKernelArgs& a = *args;
   a = FwdKernelArgs{};
   if (!tma_encode(&a.tm_q, q_dims(p), bf16, q_ragged(p), static_cast<uint32_t>(block_m)) ||
-      !tma_encode(&a.tm_k, k_dims(p), bf16, k_ragged(p), block_n) ||
-      !tma_encode(&a.tm_v, v_dims(p), bf16, k_ragged(p), block_n) ||
+      !tma_encode(&a.tm_k, k_dims(p), bf16, k_ragged(p), box_n) ||
+      !tma_encode(&a.tm_v, v_dims(p), bf16, k_ragged(p), box_n) ||
       !tma_encode(&a.tm_o, o_dims(p), bf16, q_ragged(p), 64))
     return cudaErrorInvalidValue;
   a.lse = p.lse;
@@ -160,7 +160,7 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
   const int block_m = 64 * choice.consumers;  // query rows per tile
   sm90::FwdKernelArgs args;
   sm90::FwdLaunch l;
-  const cudaError_t e = sm90::fwd_prepare(p, block_m, choice.persistent, &args, &l);
+  const cudaError_t e = sm90::fwd_prepare(p, block_m, sm90::fwd_block_n(kd), choice.persistent, &args, &l);
   if (e != cudaSuccess) return e;
   const bool softcap = p.softcap > 0.f;
   if (p.exp2_emulation > 0)  // supported() admits it for kd <= 128 without softcap

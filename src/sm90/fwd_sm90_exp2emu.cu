@@ -12,7 +12,7 @@ template <int kD, typename T, bool kCausal, int kConsumers>
 using Exp2EmuFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
                                    /*pingpong*/ true, /*rescale threshold*/ 0,
                                    /*exp2 emulation*/ kExp2EmuEveryShipped, kConsumers,
-                                   /*softcap*/ false>;
+                                   /*softcap*/ false, /*block_n*/ 0, kShippedQInRegs<kD>>;
 
 template <typename T, bool kCausal>
 cudaError_t launch_exp2emu(const FwdKernelArgs& args, const FwdLaunch& l, int kd, int consumers,

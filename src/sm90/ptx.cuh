@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cstdint>
+#include <type_traits>
 
 namespace flash4 {
 namespace sm90 {
@@ -26,12 +27,9 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 // layout type 1 reads). A "panel" is rows x 64 16-bit elements, each row
 // 128 bytes, the panel base 1024-byte aligned. Within each 1024-byte group
 // of 8 rows, the 16-byte chunk index (address bits 4..6) is XORed with the
-// row index within the group (address bits 7..9).
+// row index within the group (address bits 7..9): sw128_byte_offset in
+// sm90/fragments.hpp.
 // ---------------------------------------------------------------------------
-__host__ __device__ constexpr uint32_t sw128_offset(uint32_t row, uint32_t col_elems) {
-  // byte offset of element (row, col) of a 16-bit panel, col < 64
-  return row * 128u + ((((col_elems * 2u) >> 4) ^ (row & 7u)) << 4) + ((col_elems * 2u) & 15u);
-}
 
 // ---------------------------------------------------------------------------
 // wgmma shared-memory matrix descriptor (64 bits):
@@ -308,13 +306,125 @@ __device__ __forceinline__ void wgmma_rs_m64n256k16_tb<__half>(float (&d)[128], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
 
+// 80 accumulator registers: placeholders %0..%79
+#define FLASH4_WGMMA_D80_STR \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"
+#define FLASH4_WGMMA_D80_OPS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+// 88 accumulator registers: placeholders %0..%87
+#define FLASH4_WGMMA_D88_STR \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87"
+#define FLASH4_WGMMA_D88_OPS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+
+// SS wgmma with N = 2*R (R accumulators) for the forward's wider K/V blocks
+// (head dim 128: kBlockN 160, 176; measured in docs/perf.md, not shipped). Operand numbers after the accumulators:
+// A_ = desc_a, B_ = desc_b, P_ = scale_d.
+#define FLASH4_DEFINE_WGMMA_SS(N, R, A_, B_, P_)                                              \
+  template <typename T>                                                                    \
+  __device__ __forceinline__ void wgmma_ss_m64n##N##k16(float (&d)[R], uint64_t desc_a,    \
+                                                       uint64_t desc_b, int scale_d) {     \
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)                                   \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {"              \
+                   FLASH4_WGMMA_D##R##_STR "}, %" #A_ ", %" #B_ ", p, 1, 1, 0, 0;\n}\n"       \
+                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));                              \
+    else                                                                                   \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.f16.f16 {"                \
+                   FLASH4_WGMMA_D##R##_STR "}, %" #A_ ", %" #B_ ", p, 1, 1, 0, 0;\n}\n"       \
+                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));                              \
+  }
+FLASH4_DEFINE_WGMMA_SS(160, 80, 80, 81, 82)
+FLASH4_DEFINE_WGMMA_SS(176, 88, 88, 89, 90)
+
+
+// RS with B K-major (trans-b = 0): S = Q K^T with Q from registers (the A
+// fragment layout above) and K from shared memory.
+#define FLASH4_DEFINE_WGMMA_RS_KB(N, R, A0, A1, A2, A3, B_, P_)                                \
+  template <typename T>                                                                    \
+  __device__ __forceinline__ void wgmma_rs_m64n##N##k16_kb(float (&d)[R], const uint32_t (&a)[4], \
+                                                          uint64_t desc_b, int scale_d) {  \
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)                                   \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {"              \
+                   FLASH4_WGMMA_D##R##_STR "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B_ \
+                   ", p, 1, 1, 0;\n}\n"                                                    \
+                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)); \
+    else                                                                                   \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.f16.f16 {"                \
+                   FLASH4_WGMMA_D##R##_STR "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B_ \
+                   ", p, 1, 1, 0;\n}\n"                                                    \
+                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)); \
+  }
+FLASH4_DEFINE_WGMMA_RS_KB(64, 32, 32, 33, 34, 35, 36, 37)
+FLASH4_DEFINE_WGMMA_RS_KB(128, 64, 64, 65, 66, 67, 68, 69)
+FLASH4_DEFINE_WGMMA_RS_KB(160, 80, 80, 81, 82, 83, 84, 85)
+FLASH4_DEFINE_WGMMA_RS_KB(176, 88, 88, 89, 90, 91, 92, 93)
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_kb(float (&d)[N / 2], const uint32_t (&a)[4],
+                                            uint64_t desc_b, int scale_d) {
+  static_assert(N == 64 || N == 128 || N == 160 || N == 176, "instantiated N: 64, 128, 160, 176");
+  if constexpr (N == 64) wgmma_rs_m64n64k16_kb<T>(d, a, desc_b, scale_d);
+  else if constexpr (N == 128) wgmma_rs_m64n128k16_kb<T>(d, a, desc_b, scale_d);
+  else if constexpr (N == 160) wgmma_rs_m64n160k16_kb<T>(d, a, desc_b, scale_d);
+  else wgmma_rs_m64n176k16_kb<T>(d, a, desc_b, scale_d);
+}
+
+// ldmatrix .x4 (16-bit elements): thread t gives the shared address of row
+// t % 8 of 8x8 matrix t / 8; r[j] receives matrix j's elements (row l/4,
+// columns 2(l%4), 2(l%4)+1) for lane l.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr)
+               : "memory");
+}
+
 // Dispatch on N for the two forms.
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                          int scale_d) {
-  static_assert(N == 64 || N == 128, "instantiated N: 64, 128");
+  static_assert(N == 64 || N == 80 || N == 128 || N == 160 || N == 176,
+                "instantiated N: 64, 80, 128, 160, 176");
   if constexpr (N == 64) wgmma_ss_m64n64k16<T>(d, desc_a, desc_b, scale_d);
-  else wgmma_ss_m64n128k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 80) wgmma_ss_m64n80k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 128) wgmma_ss_m64n128k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 160) wgmma_ss_m64n160k16<T>(d, desc_a, desc_b, scale_d);
+  else wgmma_ss_m64n176k16<T>(d, desc_a, desc_b, scale_d);
 }
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4],

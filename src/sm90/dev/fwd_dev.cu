@@ -39,30 +39,33 @@ using namespace flash4;
 
 // ---------------------------------------------------------------- variants
 // Variant 0 is the library path (sm90_fwd_run); the others are launched here.
+// (Earlier variant sets, e.g. the FA4 threshold-8 rescale and 3 consumer
+// warpgroups, are in this file's git history before the K/V block sweep.)
 struct VariantInfo {
   const char* name;
 };
 static const VariantInfo kVariants[] = {
-    {"lib"},             // 0: library path (sm90_fwd_run)
-    {"pp,t0"},           // 1 (all "ovl": intra-warpgroup overlap on)
-    {"nopp,t0"},         // 2
-    {"P:pp,t0"},         // 3 (P: persistent grid)
-    {"P:pp,t8"},         // 4
-    {"P:nopp,t8"},       // 5
-    {"P:pp,t0,3wg"},     // 6 (3wg: 3 consumer warpgroups, d64 only; d128 runs 2)
-    {"pp,t0,3wg"},       // 7
-    {"P:nopp,t0,3wg"},   // 8
-    {"P:pp,t8,3wg"},     // 9
+    {"lib"},        // 0: library path (sm90_fwd_run)
+    {"P:n128"},     // 1: persistent, pp, overlap, threshold 0: kBlockN 128 (shipped d128)
+    {"-"},          // 2 (was kBlockN 144: no gain)
+    {"P:n160"},     // 3
+    {"P:n176,aO"},  // 4 (aO: O staged over Q, a separate buffer does not fit)
+    {"-"},          // 5 (was kBlockN 192: spills 40 B)
+    {"P:n128,s3,aO"},  // 6: 3 K/V stages (O over Q)
+    {"P:n128,qR"},  // 7: Q in registers (RS Q K^T)
+    {"P:n160,qR"},  // 8
+    {"P:3wg"},      // 9: head dim 64, 3 consumer warpgroups (shipped d64)
+    {"P:3wg,qR"},   // 10
+    {"P:2wg,qR"},   // 11 (head dim 64)
 };
-constexpr int kNumVariants = sizeof(kVariants) / sizeof(kVariants[0]);
-static bool variant_persistent(int v) { return v != 1 && v != 2 && v != 7; }
+static bool variant_persistent(int) { return true; }
 
 // Builds the kernel arguments for configuration C the library's way (fwd_prepare).
 template <class C>
 static cudaError_t run_cfg(const FwdParams& p, bool persistent, cudaStream_t st) {
   sm90::FwdKernelArgs a;
   sm90::FwdLaunch l;
-  const cudaError_t e = sm90::fwd_prepare(p, C::kBlockM, persistent, &a, &l);
+  const cudaError_t e = sm90::fwd_prepare(p, C::kBlockM, C::kBlockN, persistent, &a, &l);
   if (e != cudaSuccess) return e;
   return sm90::launch_fwd<C>(a, l, st);
 }
@@ -70,18 +73,25 @@ static cudaError_t run_cfg(const FwdParams& p, bool persistent, cudaStream_t st)
 template <int D, typename T, bool Causal>
 cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
   using namespace sm90;
-  constexpr int k3 = D == 64 ? 3 : 2;
   const bool P = variant_persistent(v);
-  // FwdConfig<D, T, causal, stages, overlap, pingpong, threshold, emu, consumers>
+  if constexpr (D == 64) {
+    switch (v) {
+      case 9: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 3, false, 128>>(p, P, st);
+      case 10: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 3, false, 128, true>>(p, P, st);
+      case 11: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
+      default: return cudaErrorNotSupported;
+    }
+  } else {
+  // FwdConfig<D, T, causal, stages, overlap, pingpong, threshold, emu, consumers, softcap, block_n>
   switch (v) {
-    case 1: case 3: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0>>(p, P, st);
-    case 2: return run_cfg<FwdConfig<D, T, Causal, 2, true, false, 0>>(p, P, st);
-    case 4: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8>>(p, P, st);
-    case 5: return run_cfg<FwdConfig<D, T, Causal, 2, true, false, 8>>(p, P, st);
-    case 6: case 7: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, k3>>(p, P, st);
-    case 8: return run_cfg<FwdConfig<D, T, Causal, 2, true, false, 0, 0, k3>>(p, P, st);
-    case 9: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8, 0, k3>>(p, P, st);
+    case 1: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 128>>(p, P, st);
+    case 3: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 160>>(p, P, st);
+    case 4: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 176>>(p, P, st);
+    case 6: return run_cfg<FwdConfig<D, T, Causal, 3, true, true, 0, 0, 2, false, 128>>(p, P, st);
+    case 7: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
+    case 8: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 160, true>>(p, P, st);
     default: return cudaErrorInvalidValue;
+  }
   }
 }
 
@@ -92,6 +102,7 @@ static cudaError_t run_variant(int v, const FwdParams& p, cudaStream_t st) {
   if (p.headdim == 64)
     return p.is_causal ? launch_variant<64, __nv_bfloat16, true>(v, p, st)
                        : launch_variant<64, __nv_bfloat16, false>(v, p, st);
+  if (p.headdim != 128 || v >= 9) return cudaErrorNotSupported;
   return p.is_causal ? launch_variant<128, __nv_bfloat16, true>(v, p, st)
                      : launch_variant<128, __nv_bfloat16, false>(v, p, st);
 }
@@ -342,9 +353,8 @@ static bool check_case(const Case& c, const std::vector<int>& variants) {
 }
 
 static int run_checks(bool quick) {
-  std::vector<int> all;
-  for (int v = 0; v < kNumVariants; ++v) all.push_back(v);
   std::vector<int> lib_only = {0};
+  std::vector<int> d128 = {0, 1, 3, 4, 6, 7, 8}, d64 = {0, 9, 10, 11};
   int fails = 0, total = 0;
   for (int D : {64, 128})
     for (int causal : {0, 1}) {
@@ -366,7 +376,7 @@ static int run_checks(bool quick) {
       if (!quick) cases.push_back({{1, 4224, 4224, 2, 1, D, (bool)causal, true, 2, 0}, false});
       for (auto& cc : cases) {
         ++total;
-        if (!check_case(cc.first, cc.second ? all : lib_only)) ++fails;
+        if (!check_case(cc.first, !cc.second ? lib_only : D == 128 ? d128 : d64)) ++fails;
       }
     }
   std::printf("CHECK SUMMARY: %d/%d cases passed\n", total - fails, total);
@@ -389,14 +399,15 @@ __global__ void fill_random_bf16(uint16_t* p, int64_t n, uint64_t seed) {
   }
 }
 
-static void run_bench(const std::vector<int>& variants) {
-  std::printf("\nBENCH (bf16, B*S=16k, H=2048/d, median of 5 interleaved rounds x 10 launches, TFLOP/s)\n");
+static void run_bench(const std::vector<int>& variants, const std::vector<int>& dims,
+                      const std::vector<int>& causals, const std::vector<int>& seqlens) {
+  std::printf("\nBENCH (bf16, B*S=16k, H=2048/d, median of 9 interleaved rounds x 10 launches, TFLOP/s)\n");
   std::printf("%-5s %-6s %-6s", "d", "causal", "S");
   for (int v : variants) std::printf(" %10.10s", kVariants[v].name);
   std::printf("\n");
-  for (int D : {64, 128})
-    for (int causal : {0, 1})
-      for (int S : {512, 1024, 2048, 4096, 8192, 16384}) {
+  for (int D : dims)
+    for (int causal : causals)
+      for (int S : seqlens) {
         Case c{16384 / S, S, S, 2048 / D, 2048 / D, D, (bool)causal, true, 0, 0};
         const Layout L = make_layout(0, c.B, S, c.Hq, D);
         DevBuffers db;
@@ -423,7 +434,7 @@ static void run_bench(const std::vector<int>& variants) {
           for (int w = 0; w < 2; ++w) CK(run_variant(variants[vi], p, 0));
         CK(cudaDeviceSynchronize());
         constexpr int kReps = 10;
-        for (int r = 0; r < 5; ++r)
+        for (int r = 0; r < 9; ++r)
           for (size_t vi = 0; vi < variants.size(); ++vi) {
             const int v = variants[vi];
             CK(run_variant(v, p, 0));  // keeps the GPU busy while the timed launches are queued
@@ -473,8 +484,9 @@ int main(int argc, char** argv) {
     std::printf("SMALL: %d failures\n", fails);
   }
   if (mode == "bench" || mode == "all") {
-    // lib (shipped) next to the FA4 threshold-8 variants.
-    run_bench({0, 4, 5, 9});
+    // K/V block sweep at head dim 128 (lib = shipped).
+    run_bench({0, 9, 10, 11}, {64}, {0, 1}, {1024, 4096, 16384});
+    run_bench({0, 1, 7}, {128}, {0, 1}, {1024, 4096, 16384});
   }
   return fails ? 1 : 0;
 }

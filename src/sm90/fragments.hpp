@@ -1,0 +1,57 @@
+// Fragment ownership of the Hopper kernels as index functions: which element
+// of a tile a thread holds, and which shared-memory bytes it addresses. Host
+// and device code; tests/test_fragments.cpp checks them against each other.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FLASH4_HD __host__ __device__
+#else
+#define FLASH4_HD
+#endif
+
+namespace flash4 {
+namespace sm90 {
+
+struct RowCol {
+  int row, col;
+};
+
+// wgmma accumulator (m64 x N, f32) of a warpgroup: register i of lane l in
+// warp w (0..3) holds this element.
+FLASH4_HD constexpr RowCol wgmma_c_elem(int warp, int lane, int i) {
+  return {16 * warp + lane / 4 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * (lane % 4) + (i & 1)};
+}
+
+// wgmma A operand from registers (m64 x k16, 16-bit): element e (0, 1) of
+// 32-bit register j (0..3) of lane l in warp w.
+FLASH4_HD constexpr RowCol wgmma_a_elem(int warp, int lane, int j, int e) {
+  return {16 * warp + lane / 4 + 8 * (j & 1), 8 * (j >> 1) + 2 * (lane % 4) + e};
+}
+
+// The accumulator register that becomes element e of A register j for k step
+// kk when an m64 x N accumulator (S) is packed into the A operand of the next
+// wgmma (P = S in 16 bits): the same thread holds both, no shuffle.
+FLASH4_HD constexpr int acc_reg_for_a(int kk, int j, int e) { return 8 * kk + 2 * j + e; }
+
+// Byte offset of element (row, col) in a 128B-swizzled 16-bit panel (64
+// columns, 128-byte rows, base 1024-aligned): within each group of 8 rows
+// the 16-byte chunk index is XORed with the row index in the group.
+FLASH4_HD constexpr uint32_t sw128_byte_offset(uint32_t row, uint32_t col) {
+  return row * 128u + ((((col * 2u) >> 4) ^ (row & 7u)) << 4) + ((col * 2u) & 15u);
+}
+
+// ldmatrix.x4 that loads the A fragment of k step kk (16 columns) for warp w
+// from 128B-swizzled panels `panel_bytes` apart: the byte offset, from the
+// warpgroup's first row in panel 0 (a multiple of 8 rows from the panel
+// base), of the 16-byte row piece that lane l addresses. Matrix m = l / 8
+// covers rows 8 (m & 1) .. +7 of the warp's 16 and column half m >> 1, so
+// the registers it returns are A registers 0..3 in order.
+FLASH4_HD constexpr uint32_t ldmatrix_a_offset(int warp, int lane, int kk, uint32_t panel_bytes) {
+  return static_cast<uint32_t>(kk / 4) * panel_bytes +
+         sw128_byte_offset(static_cast<uint32_t>(16 * warp + 8 * ((lane / 8) & 1) + (lane & 7)),
+                           static_cast<uint32_t>((kk % 4) * 16 + 8 * (lane / 16)));
+}
+
+}  // namespace sm90
+}  // namespace flash4

@@ -1,0 +1,98 @@
+// Fragment ownership index functions of the Hopper kernels (sm90/fragments.hpp),
+// checked on the host against the instructions' documented semantics.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <utility>
+
+#include "sm90/fragments.hpp"
+
+namespace {
+using flash4::sm90::RowCol;
+
+// Inverse of sw128_byte_offset over panels `panel_bytes` apart: (row, col) of
+// the 16-bit element at byte offset `off` (col counts across panels).
+RowCol decode_sw128(uint32_t off, uint32_t panel_bytes) {
+  const uint32_t panel = off / panel_bytes, rem = off % panel_bytes;
+  const uint32_t row = rem / 128, chunk = ((rem % 128) / 16) ^ (row & 7u);
+  return {static_cast<int>(row), static_cast<int>(panel * 64 + chunk * 8 + (rem % 16) / 2)};
+}
+
+TEST(Fragments, Sw128OffsetIsABijectionOnEachPanel) {
+  std::set<uint32_t> seen;
+  for (uint32_t r = 0; r < 64; ++r)
+    for (uint32_t c = 0; c < 64; ++c) {
+      const uint32_t off = flash4::sm90::sw128_byte_offset(r, c);
+      EXPECT_LT(off, 64u * 128u);
+      EXPECT_EQ(off % 2, 0u);
+      seen.insert(off);
+      const RowCol back = decode_sw128(off, 64 * 128);
+      EXPECT_EQ(back.row, static_cast<int>(r));
+      EXPECT_EQ(back.col, static_cast<int>(c));
+    }
+  EXPECT_EQ(seen.size(), 64u * 64u);
+}
+
+// ldmatrix.x4 semantics (PTX ISA): lane t addresses row t % 8 of matrix t / 8;
+// lane l receives, in register m, elements (l / 4, 2 (l % 4) + e) of matrix m.
+// Loading with ldmatrix_a_offset must give every lane exactly the elements of
+// the wgmma A fragment, for head dims 64, 128 and 256 (1, 2, 4 panels).
+TEST(Fragments, LdmatrixOffsetsDeliverTheWgmmaAFragment) {
+  for (int panels : {1, 2, 4}) {
+    const uint32_t panel_bytes = 128 * 128;  // 128-row tile (two consumers)
+    for (int warp = 0; warp < 4; ++warp)
+      for (int kk = 0; kk < panels * 4; ++kk)
+        for (int lane = 0; lane < 32; ++lane)
+          for (int m = 0; m < 4; ++m)
+            for (int e = 0; e < 2; ++e) {
+              const int src_lane = 8 * m + lane / 4;  // the lane that addresses this row
+              const uint32_t off =
+                  flash4::sm90::ldmatrix_a_offset(warp, src_lane, kk, panel_bytes) +
+                  4u * static_cast<uint32_t>(lane % 4) + 2u * static_cast<uint32_t>(e);
+              const RowCol got = decode_sw128(off, panel_bytes);
+              const RowCol want = flash4::sm90::wgmma_a_elem(warp, lane, m, e);
+              ASSERT_EQ(got.row, want.row) << "warp " << warp << " kk " << kk << " lane " << lane;
+              ASSERT_EQ(got.col, kk * 16 + want.col) << "warp " << warp << " kk " << kk << " lane " << lane;
+            }
+  }
+}
+
+// P = S packed to 16 bits feeds the next wgmma as its A operand from the same
+// registers: accumulator register acc_reg_for_a(kk, j, e) must hold the element
+// that A register j, element e of k step kk stands for.
+TEST(Fragments, AccumulatorPacksIntoTheAOperand) {
+  for (int n : {64, 80, 128, 176, 256})
+    for (int warp = 0; warp < 4; ++warp)
+      for (int lane = 0; lane < 32; ++lane) {
+        std::set<int> regs;
+        for (int kk = 0; kk < n / 16; ++kk)
+          for (int j = 0; j < 4; ++j)
+            for (int e = 0; e < 2; ++e) {
+              const int i = flash4::sm90::acc_reg_for_a(kk, j, e);
+              ASSERT_LT(i, n / 2);
+              regs.insert(i);
+              const RowCol c = flash4::sm90::wgmma_c_elem(warp, lane, i);
+              const RowCol a = flash4::sm90::wgmma_a_elem(warp, lane, j, e);
+              ASSERT_EQ(c.row, a.row);
+              ASSERT_EQ(c.col, kk * 16 + a.col);
+            }
+        EXPECT_EQ(static_cast<int>(regs.size()), n / 2);  // every accumulator used once
+      }
+}
+
+// Each accumulator element is owned by exactly one (warp, lane, register).
+TEST(Fragments, AccumulatorOwnershipCoversTheTileOnce) {
+  const int n = 128;
+  std::set<std::pair<int, int>> seen;
+  for (int warp = 0; warp < 4; ++warp)
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < n / 2; ++i) {
+        const RowCol c = flash4::sm90::wgmma_c_elem(warp, lane, i);
+        ASSERT_GE(c.row, 0);
+        ASSERT_LT(c.row, 64);
+        ASSERT_LT(c.col, n);
+        EXPECT_TRUE(seen.insert({c.row, c.col}).second);
+      }
+  EXPECT_EQ(static_cast<int>(seen.size()), 64 * n);
+}
+}  // namespace
