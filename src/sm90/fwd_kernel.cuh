@@ -663,7 +663,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           mbar_wait(&v_full[sp], php);
           sched_wait();
           issue_qk(s);
-          if (pend_need) rescale_o(pend_scale);  // runs while Q K^T executes
+          // Inside the turn, while Q K^T executes (after P.V(j-1) retires, FA3's
+          // place, measured 3-4% slower at long sequences, docs/perf.md).
+          if (pend_need) rescale_o(pend_scale);
           issue_pv(sp);
           sched_pass();
           wgmma_wait_group<1>();  // S(it) ready, P.V(it-1) may be in flight

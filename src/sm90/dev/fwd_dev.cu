@@ -57,8 +57,16 @@ static const VariantInfo kVariants[] = {
     {"P:3wg"},      // 9: head dim 64, 3 consumer warpgroups (shipped d64)
     {"P:3wg,qR"},   // 10
     {"P:2wg,qR"},   // 11 (head dim 64)
+    {"d256"},       // 12: head dim 256 as shipped (one CTA per tile, no ping-pong)
+    {"d256,pp"},    // 13: with ping-pong
+    {"P:d256"},     // 14: persistent
+    {"P:d256,pp"},  // 15
+    {"-"},          // 16 (was: O rescale after P.V retires, FA3's place: 3-4% slower)
+    {"P:2wg"},      // 17: head dim 64, 2 consumer warpgroups (128-row tiles)
+    {"-"},          // 18 (was: 4 partial row max / sum chains: 2-3.5% slower)
+    {"-"},          // 19 (was: 2 chains: ~1% slower)
 };
-static bool variant_persistent(int) { return true; }
+static bool variant_persistent(int v) { return v != 12 && v != 13; }
 
 // Builds the kernel arguments for configuration C the library's way (fwd_prepare).
 template <class C>
@@ -74,11 +82,19 @@ template <int D, typename T, bool Causal>
 cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
   using namespace sm90;
   const bool P = variant_persistent(v);
-  if constexpr (D == 64) {
+  if constexpr (D == 256) {
+    switch (v) {
+      case 12: case 14: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 0, 0, 2>>(p, P, st);
+      case 13: case 15: return run_cfg<FwdConfig<256, T, Causal, 2, true, true, 0, 0, 2>>(p, P, st);
+      default: return cudaErrorNotSupported;
+    }
+  } else if constexpr (D == 64) {
     switch (v) {
       case 9: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 3, false, 128>>(p, P, st);
       case 10: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 3, false, 128, true>>(p, P, st);
       case 11: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
+      case 17: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 2, false, 128>>(p, P, st);
+
       default: return cudaErrorNotSupported;
     }
   } else {
@@ -90,6 +106,7 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
     case 6: return run_cfg<FwdConfig<D, T, Causal, 3, true, true, 0, 0, 2, false, 128>>(p, P, st);
     case 7: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
     case 8: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 160, true>>(p, P, st);
+
     default: return cudaErrorInvalidValue;
   }
   }
@@ -99,6 +116,9 @@ static cudaError_t run_variant(int v, const FwdParams& p, cudaStream_t st) {
   if (v == 0) return sm90_fwd_run(p, st);
   // Only bf16 variants are instantiated here (fp16 goes through the library).
   if (p.dtype != DType::kBf16) return cudaErrorNotSupported;
+  if (p.headdim == 256)
+    return p.is_causal ? launch_variant<256, __nv_bfloat16, true>(v, p, st)
+                       : launch_variant<256, __nv_bfloat16, false>(v, p, st);
   if (p.headdim == 64)
     return p.is_causal ? launch_variant<64, __nv_bfloat16, true>(v, p, st)
                        : launch_variant<64, __nv_bfloat16, false>(v, p, st);
@@ -354,9 +374,9 @@ static bool check_case(const Case& c, const std::vector<int>& variants) {
 
 static int run_checks(bool quick) {
   std::vector<int> lib_only = {0};
-  std::vector<int> d128 = {0, 1, 3, 4, 6, 7, 8}, d64 = {0, 9, 10, 11};
+  std::vector<int> d128 = {0, 1, 3, 4, 6, 7, 8}, d64 = {0, 9, 11, 17}, d256 = {0, 12, 13, 14, 15};
   int fails = 0, total = 0;
-  for (int D : {64, 128})
+  for (int D : {64, 128, 256})
     for (int causal : {0, 1}) {
       std::vector<std::pair<Case, bool>> cases = {
           {{1, 1, 1, 1, 1, D, (bool)causal, true, 0, 0}, false},
@@ -376,7 +396,7 @@ static int run_checks(bool quick) {
       if (!quick) cases.push_back({{1, 4224, 4224, 2, 1, D, (bool)causal, true, 2, 0}, false});
       for (auto& cc : cases) {
         ++total;
-        if (!check_case(cc.first, !cc.second ? lib_only : D == 128 ? d128 : d64)) ++fails;
+        if (!check_case(cc.first, !cc.second ? lib_only : D == 128 ? d128 : D == 256 ? d256 : d64)) ++fails;
       }
     }
   std::printf("CHECK SUMMARY: %d/%d cases passed\n", total - fails, total);
@@ -485,8 +505,12 @@ int main(int argc, char** argv) {
   }
   if (mode == "bench" || mode == "all") {
     // K/V block sweep at head dim 128 (lib = shipped).
-    run_bench({0, 9, 10, 11}, {64}, {0, 1}, {1024, 4096, 16384});
-    run_bench({0, 1, 7}, {128}, {0, 1}, {1024, 4096, 16384});
+    // Variant sweeps (docs/perf.md, 2026-11-24 10:00-11:00): K/V block and
+    // Q in registers at head dim 128, head dim 256 ping-pong / persistence,
+    // head dim 64 with 2 consumer warpgroups.
+    run_bench({0, 1, 7, 3, 4}, {128}, {0}, {1024, 4096, 16384});
+    run_bench({0, 12, 13, 14, 15}, {256}, {0, 1}, {512, 2048, 16384});
+    run_bench({0, 9, 17, 11}, {64}, {0, 1}, {512, 1024, 4096});
   }
   return fails ? 1 : 0;
 }
