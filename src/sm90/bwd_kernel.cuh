@@ -567,22 +567,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     } else if (C::kDeterministic && !C::kSharedKeys && tid == 32) {
       // dQ writer (deterministic): takes each iteration's two staged pieces
       // in order, waits for its turn on each piece's semaphore, reduce-adds
-      // it and frees its staging buffer as soon as the add has read it. The
-      // turn is handed on (adds complete in global memory, then release)
-      // once the consumers have staged the next iteration's first piece: the
-      // completion round trip overlaps their matmuls instead of delaying the
-      // next adds. Only that local wait sits between the adds and the
-      // hand-on, so no wait on another CTA is ever made while holding a turn
-      // (deadlock freedom, file comment).
-      int2 prev_hm = make_int2(0, 0);
-      bool pending = false;  // previous iteration's adds issued, turn not yet handed on
-      auto hand_on = [&](int2 hm) {
-        bulk_wait_all();             // the adds are complete in global memory (not only read)
-        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
-        __threadfence();
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
-      };
+      // them, frees the staging buffers once read, and hands the turn on
+      // once the adds are complete in global memory. The consumers only wait
+      // for a free buffer, so the semaphore waits and the round trip of the
+      // adds overlap their next iteration's matmuls.
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
         const int before = adds_before(hm.y);
@@ -590,19 +578,21 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
         for (int w = 0; w < 2; ++w) {
           mbar_wait(&dq_full[w], it & 1);
-          if (w == 0 && pending) hand_on(prev_hm);
           sem_wait_eq(dq_sem_of(hm.x, hm.y, w), before);
           fence_proxy_async_global();  // the acquire orders the bulk add below
           bulk_reduce_add_f32(args.dq_accum + dst + w * C::kDQPieceFloats,
                               sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
           tma_store_commit();
-          tma_store_wait_read_all();  // this piece read: consumer w may refill its buffer
-          mbar_arrive(&dq_empty[w]);
         }
-        prev_hm = hm;
-        pending = true;
+        tma_store_wait_read_all();  // both buffers read: the consumers may refill them
+        mbar_arrive(&dq_empty[0]);
+        mbar_arrive(&dq_empty[1]);
+        bulk_wait_all();             // the adds are complete in global memory (not only read)
+        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
+        __threadfence();
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
+        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
       }
-      if (pending) hand_on(prev_hm);
     } else if (C::kDeterministic && C::kSharedKeys && (tid == 32 || tid == 64)) {
       // Turn keepers (deterministic, head dim 256; bwd_consumer_d256.cuh):
       // the consumers add dQ from registers (nothing is staged); thread 32
