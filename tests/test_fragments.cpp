@@ -52,7 +52,8 @@ TEST(Fragments, LdmatrixOffsetsDeliverTheWgmmaAFragment) {
               const RowCol got = decode_sw128(off, panel_bytes);
               const RowCol want = flash4::sm90::wgmma_a_elem(warp, lane, m, e);
               ASSERT_EQ(got.row, want.row) << "warp " << warp << " kk " << kk << " lane " << lane;
-              ASSERT_EQ(got.col, kk * 16 + want.col) << "warp " << warp << " kk " << kk << " lane " << lane;
+              ASSERT_EQ(got.col, kk * 16 + want.col)
+                  << "warp " << warp << " kk " << kk << " lane " << lane;
             }
   }
 }

@@ -160,7 +160,8 @@ cudaError_t sm90_fwd_run(const FwdParams& p, cudaStream_t stream) {
   const int block_m = 64 * choice.consumers;  // query rows per tile
   sm90::FwdKernelArgs args;
   sm90::FwdLaunch l;
-  const cudaError_t e = sm90::fwd_prepare(p, block_m, sm90::fwd_block_n(kd), choice.persistent, &args, &l);
+  const cudaError_t e =
+      sm90::fwd_prepare(p, block_m, sm90::fwd_block_n(kd), choice.persistent, &args, &l);
   if (e != cudaSuccess) return e;
   const bool softcap = p.softcap > 0.f;
   if (p.exp2_emulation > 0)  // supported() admits it for kd <= 128 without softcap
