@@ -34,31 +34,7 @@ namespace sm90 {
 //   (8-row groups SBO = 1024 apart); a k16 step adds 16 * 128 = 2048 bytes.
 // B descriptor: the same with N in place of M.
 // ---------------------------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16(float (&d)[32], uint64_t desc_a,
-                                                        uint64_t desc_b, int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16<__nv_bfloat16>(float (&d)[32],
-                                                                       uint64_t desc_a,
-                                                                       uint64_t desc_b,
-                                                                       int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR
-      "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_ss_tatb_m64n64k16<__half>(float (&d)[32], uint64_t desc_a,
-                                                                uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR
-      "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_tatb_m64n64k16, 64, 32, 32, 33, 34, 1, 1)
 
 // ---------------------------------------------------------------------------
 // Bulk (non-tensor) async copies. Addresses 16-byte aligned, sizes multiples

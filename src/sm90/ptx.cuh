@@ -96,304 +96,193 @@ __device__ __forceinline__ void reg_fence_array(float (&a)[N]) {
 //   B from shared memory; kTransB = 1 reads B MN-major.
 // scale_d == 0: D = A*B (accumulator input ignored); else D += A*B.
 // ---------------------------------------------------------------------------
-// 32 accumulator registers: placeholders %0..%31
-#define FLASH4_WGMMA_D32_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+// Operand lists of the inline asm, in chunks of 8 accumulators: FLASH4_WGMMA_P<k>
+// are the placeholders %8k..%8k+7, FLASH4_WGMMA_O<k>(d) the "+f" operands d[8k..8k+7]
+// (chunks after the first begin with a comma).
+#define FLASH4_WGMMA_P0 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define FLASH4_WGMMA_P1 ", %8, %9, %10, %11, %12, %13, %14, %15"
+#define FLASH4_WGMMA_P2 ", %16, %17, %18, %19, %20, %21, %22, %23"
+#define FLASH4_WGMMA_P3 ", %24, %25, %26, %27, %28, %29, %30, %31"
+#define FLASH4_WGMMA_P4 ", %32, %33, %34, %35, %36, %37, %38, %39"
+#define FLASH4_WGMMA_P5 ", %40, %41, %42, %43, %44, %45, %46, %47"
+#define FLASH4_WGMMA_P6 ", %48, %49, %50, %51, %52, %53, %54, %55"
+#define FLASH4_WGMMA_P7 ", %56, %57, %58, %59, %60, %61, %62, %63"
+#define FLASH4_WGMMA_P8 ", %64, %65, %66, %67, %68, %69, %70, %71"
+#define FLASH4_WGMMA_P9 ", %72, %73, %74, %75, %76, %77, %78, %79"
+#define FLASH4_WGMMA_P10 ", %80, %81, %82, %83, %84, %85, %86, %87"
+#define FLASH4_WGMMA_P11 ", %88, %89, %90, %91, %92, %93, %94, %95"
+#define FLASH4_WGMMA_P12 ", %96, %97, %98, %99, %100, %101, %102, %103"
+#define FLASH4_WGMMA_P13 ", %104, %105, %106, %107, %108, %109, %110, %111"
+#define FLASH4_WGMMA_P14 ", %112, %113, %114, %115, %116, %117, %118, %119"
+#define FLASH4_WGMMA_P15 ", %120, %121, %122, %123, %124, %125, %126, %127"
+#define FLASH4_WGMMA_O0(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), \
+  "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define FLASH4_WGMMA_O1(d) \
+  , "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
+  "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define FLASH4_WGMMA_O2(d) \
+  , "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), \
+  "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+#define FLASH4_WGMMA_O3(d) \
+  , "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+  "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define FLASH4_WGMMA_O4(d) \
+  , "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
+  "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+#define FLASH4_WGMMA_O5(d) \
+  , "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), \
+  "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+#define FLASH4_WGMMA_O6(d) \
+  , "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), \
+  "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55])
+#define FLASH4_WGMMA_O7(d) \
+  , "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
+  "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define FLASH4_WGMMA_O8(d) \
+  , "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), \
+  "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])
+#define FLASH4_WGMMA_O9(d) \
+  , "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), \
+  "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+#define FLASH4_WGMMA_O10(d) \
+  , "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), \
+  "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+#define FLASH4_WGMMA_O11(d) \
+  , "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), \
+  "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+#define FLASH4_WGMMA_O12(d) \
+  , "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), \
+  "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103])
+#define FLASH4_WGMMA_O13(d) \
+  , "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), \
+  "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
+#define FLASH4_WGMMA_O14(d) \
+  , "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), \
+  "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119])
+#define FLASH4_WGMMA_O15(d) \
+  , "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), \
+  "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+#define FLASH4_WGMMA_D32_STR FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3
 #define FLASH4_WGMMA_D32_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-// 64 accumulator registers: placeholders %0..%63
-#define FLASH4_WGMMA_D64_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define FLASH4_WGMMA_D64_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-
-// SS, N = 64 (32 accumulators)
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                                   int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n64k16<__nv_bfloat16>(float (&d)[32], uint64_t desc_a,
-                                                                  uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n64k16<__half>(float (&d)[32], uint64_t desc_a,
-                                                           uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
-// SS, N = 128 (64 accumulators)
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
-                                                    int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n128k16<__nv_bfloat16>(float (&d)[64], uint64_t desc_a,
-                                                                   uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" FLASH4_WGMMA_D64_STR "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D64_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n128k16<__half>(float (&d)[64], uint64_t desc_a,
-                                                            uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {" FLASH4_WGMMA_D64_STR "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D64_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
-// RS, N = 64, B MN-major (trans-b = 1)
-template <typename T>
-__device__ __forceinline__ void wgmma_rs_m64n64k16_tb(float (&d)[32], const uint32_t (&a)[4],
-                                                      uint64_t desc_b, int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n64k16_tb<__nv_bfloat16>(float (&d)[32],
-                                                                     const uint32_t (&a)[4],
-                                                                     uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" FLASH4_WGMMA_D32_STR "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n64k16_tb<__half>(float (&d)[32], const uint32_t (&a)[4],
-                                                              uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" FLASH4_WGMMA_D32_STR "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D32_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-
-// RS, N = 128, B MN-major (trans-b = 1)
-template <typename T>
-__device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float (&d)[64], const uint32_t (&a)[4],
-                                                       uint64_t desc_b, int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n128k16_tb<__nv_bfloat16>(float (&d)[64],
-                                                                      const uint32_t (&a)[4],
-                                                                      uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" FLASH4_WGMMA_D64_STR "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D64_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n128k16_tb<__half>(float (&d)[64], const uint32_t (&a)[4],
-                                                               uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {" FLASH4_WGMMA_D64_STR "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D64_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-
-// ---------------------------------------------------------------------------
-// Shapes for head dim 256 (forward: S = Q K^T with N = kBlockN = 80, O += P V
-// with N = 256). Same operand conventions as above.
-// ---------------------------------------------------------------------------
-// 40 accumulator registers: placeholders %0..%39
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d)
 #define FLASH4_WGMMA_D40_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39"
+  FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3 \
+  FLASH4_WGMMA_P4
 #define FLASH4_WGMMA_D40_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
-// 128 accumulator registers: placeholders %0..%127
-#define FLASH4_WGMMA_D128_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
-  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
-  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-#define FLASH4_WGMMA_D128_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
-  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
-  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
-  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
-  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
-  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-
-// SS, N = 80 (40 accumulators)
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_m64n80k16(float (&d)[40], uint64_t desc_a, uint64_t desc_b,
-                                                   int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n80k16<__nv_bfloat16>(float (&d)[40], uint64_t desc_a,
-                                                                  uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 {" FLASH4_WGMMA_D40_STR "}, %40, %41, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D40_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_ss_m64n80k16<__half>(float (&d)[40], uint64_t desc_a,
-                                                           uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n80k16.f32.f16.f16 {" FLASH4_WGMMA_D40_STR "}, %40, %41, p, 1, 1, 0, 0;\n}\n"
-      : FLASH4_WGMMA_D40_OPS(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
-// RS, N = 256, B MN-major (trans-b = 1): 128 accumulators. The B descriptor
-// spans four 64-wide MN panels, LBO bytes apart.
-template <typename T>
-__device__ __forceinline__ void wgmma_rs_m64n256k16_tb(float (&d)[128], const uint32_t (&a)[4],
-                                                       uint64_t desc_b, int scale_d);
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n256k16_tb<__nv_bfloat16>(float (&d)[128],
-                                                                      const uint32_t (&a)[4],
-                                                                      uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" FLASH4_WGMMA_D128_STR "}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D128_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-template <>
-__device__ __forceinline__ void wgmma_rs_m64n256k16_tb<__half>(float (&d)[128], const uint32_t (&a)[4],
-                                                               uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {" FLASH4_WGMMA_D128_STR "}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-      : FLASH4_WGMMA_D128_OPS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}
-
-// 80 accumulator registers: placeholders %0..%79
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d) \
+  FLASH4_WGMMA_O4(d)
+#define FLASH4_WGMMA_D64_STR \
+  FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3 \
+  FLASH4_WGMMA_P4 FLASH4_WGMMA_P5 FLASH4_WGMMA_P6 FLASH4_WGMMA_P7
+#define FLASH4_WGMMA_D64_OPS(d) \
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d) \
+  FLASH4_WGMMA_O4(d) FLASH4_WGMMA_O5(d) FLASH4_WGMMA_O6(d) FLASH4_WGMMA_O7(d)
 #define FLASH4_WGMMA_D80_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"
+  FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3 \
+  FLASH4_WGMMA_P4 FLASH4_WGMMA_P5 FLASH4_WGMMA_P6 FLASH4_WGMMA_P7 \
+  FLASH4_WGMMA_P8 FLASH4_WGMMA_P9
 #define FLASH4_WGMMA_D80_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
-// 88 accumulator registers: placeholders %0..%87
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d) \
+  FLASH4_WGMMA_O4(d) FLASH4_WGMMA_O5(d) FLASH4_WGMMA_O6(d) FLASH4_WGMMA_O7(d) \
+  FLASH4_WGMMA_O8(d) FLASH4_WGMMA_O9(d)
 #define FLASH4_WGMMA_D88_STR \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
-  "%80, %81, %82, %83, %84, %85, %86, %87"
+  FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3 \
+  FLASH4_WGMMA_P4 FLASH4_WGMMA_P5 FLASH4_WGMMA_P6 FLASH4_WGMMA_P7 \
+  FLASH4_WGMMA_P8 FLASH4_WGMMA_P9 FLASH4_WGMMA_P10
 #define FLASH4_WGMMA_D88_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d) \
+  FLASH4_WGMMA_O4(d) FLASH4_WGMMA_O5(d) FLASH4_WGMMA_O6(d) FLASH4_WGMMA_O7(d) \
+  FLASH4_WGMMA_O8(d) FLASH4_WGMMA_O9(d) FLASH4_WGMMA_O10(d)
+#define FLASH4_WGMMA_D128_STR \
+  FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3 \
+  FLASH4_WGMMA_P4 FLASH4_WGMMA_P5 FLASH4_WGMMA_P6 FLASH4_WGMMA_P7 \
+  FLASH4_WGMMA_P8 FLASH4_WGMMA_P9 FLASH4_WGMMA_P10 FLASH4_WGMMA_P11 \
+  FLASH4_WGMMA_P12 FLASH4_WGMMA_P13 FLASH4_WGMMA_P14 FLASH4_WGMMA_P15
+#define FLASH4_WGMMA_D128_OPS(d) \
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d) \
+  FLASH4_WGMMA_O4(d) FLASH4_WGMMA_O5(d) FLASH4_WGMMA_O6(d) FLASH4_WGMMA_O7(d) \
+  FLASH4_WGMMA_O8(d) FLASH4_WGMMA_O9(d) FLASH4_WGMMA_O10(d) FLASH4_WGMMA_O11(d) \
+  FLASH4_WGMMA_O12(d) FLASH4_WGMMA_O13(d) FLASH4_WGMMA_O14(d) FLASH4_WGMMA_O15(d)
 
-// SS wgmma with N = 2*R (R accumulators) for the forward's wider K/V blocks
-// (head dim 128: kBlockN 160, 176; measured in docs/perf.md, not shipped). Operand numbers after the accumulators:
-// A_ = desc_a, B_ = desc_b, P_ = scale_d.
-#define FLASH4_DEFINE_WGMMA_SS(N, R, A_, B_, P_)                                              \
+// One function per (form, shape): NAME<T>(d, ...) with T = __nv_bfloat16 or
+// __half, N = 2 R. The operand numbers after the R accumulators are passed
+// in (the preprocessor cannot add): SS A_ = desc_a, B_ = desc_b, P_ = scale_d;
+// RS A0..A3 = the A registers, B_ = desc_b, P_ = scale_d. TA / TB: transpose
+// (MN-major) A / B. The instruction string is written once per dtype.
+#define FLASH4_WGMMA_SS_ASM(TY, N, R, A_, B_, P_, TA, TB)                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                            \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"             \
+               FLASH4_WGMMA_D##R##_STR "}, %" #A_ ", %" #B_ ", p, 1, 1, " #TA ", " #TB ";\n}\n" \
+               : FLASH4_WGMMA_D##R##_OPS(d)                                                \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d))
+#define FLASH4_DEFINE_WGMMA_SS(NAME, N, R, A_, B_, P_, TA, TB)                             \
   template <typename T>                                                                    \
-  __device__ __forceinline__ void wgmma_ss_m64n##N##k16(float (&d)[R], uint64_t desc_a,    \
-                                                       uint64_t desc_b, int scale_d) {     \
+  __device__ __forceinline__ void NAME(float (&d)[R], uint64_t desc_a, uint64_t desc_b,    \
+                                       int scale_d) {                                      \
     if constexpr (std::is_same<T, __nv_bfloat16>::value)                                   \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {"              \
-                   FLASH4_WGMMA_D##R##_STR "}, %" #A_ ", %" #B_ ", p, 1, 1, 0, 0;\n}\n"       \
-                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
-                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));                              \
+      FLASH4_WGMMA_SS_ASM("bf16", N, R, A_, B_, P_, TA, TB);                               \
     else                                                                                   \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.f16.f16 {"                \
-                   FLASH4_WGMMA_D##R##_STR "}, %" #A_ ", %" #B_ ", p, 1, 1, 0, 0;\n}\n"       \
-                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
-                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));                              \
+      FLASH4_WGMMA_SS_ASM("f16", N, R, A_, B_, P_, TA, TB);                                \
   }
-FLASH4_DEFINE_WGMMA_SS(160, 80, 80, 81, 82)
-FLASH4_DEFINE_WGMMA_SS(176, 88, 88, 89, 90)
+#define FLASH4_WGMMA_RS_ASM(TY, N, R, A0, A1, A2, A3, B_, P_, TB)                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                            \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"             \
+               FLASH4_WGMMA_D##R##_STR "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B_ \
+               ", p, 1, 1, " #TB ";\n}\n"                                                  \
+               : FLASH4_WGMMA_D##R##_OPS(d)                                                \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d))
+#define FLASH4_DEFINE_WGMMA_RS(NAME, N, R, A0, A1, A2, A3, B_, P_, TB)                     \
+  template <typename T>                                                                    \
+  __device__ __forceinline__ void NAME(float (&d)[R], const uint32_t (&a)[4],              \
+                                       uint64_t desc_b, int scale_d) {                     \
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)                                   \
+      FLASH4_WGMMA_RS_ASM("bf16", N, R, A0, A1, A2, A3, B_, P_, TB);                       \
+    else                                                                                   \
+      FLASH4_WGMMA_RS_ASM("f16", N, R, A0, A1, A2, A3, B_, P_, TB);                        \
+  }
 
+// SS, both operands K-major: S = Q K^T. N = 64, 128 (head dims 64, 128), 80
+// (head dim 256's K/V block), 160 and 176 (wider head-dim-128 blocks, dev
+// sweep only, docs/perf.md).
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n64k16, 64, 32, 32, 33, 34, 0, 0)
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n80k16, 80, 40, 40, 41, 42, 0, 0)
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n128k16, 128, 64, 64, 65, 66, 0, 0)
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n160k16, 160, 80, 80, 81, 82, 0, 0)
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n176k16, 176, 88, 88, 89, 90, 0, 0)
 
-// RS with B K-major (trans-b = 0): S = Q K^T with Q from registers (the A
+// RS, B MN-major (trans-b = 1): O += P V. N = 256 spans four 64-wide MN
+// panels of B, LBO bytes apart.
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n64k16_tb, 64, 32, 32, 33, 34, 35, 36, 37, 1)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n128k16_tb, 128, 64, 64, 65, 66, 67, 68, 69, 1)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n256k16_tb, 256, 128, 128, 129, 130, 131, 132, 133, 1)
+
+// RS, B K-major (trans-b = 0): S = Q K^T with Q from registers (the A
 // fragment layout above) and K from shared memory.
-#define FLASH4_DEFINE_WGMMA_RS_KB(N, R, A0, A1, A2, A3, B_, P_)                                \
-  template <typename T>                                                                    \
-  __device__ __forceinline__ void wgmma_rs_m64n##N##k16_kb(float (&d)[R], const uint32_t (&a)[4], \
-                                                          uint64_t desc_b, int scale_d) {  \
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)                                   \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {"              \
-                   FLASH4_WGMMA_D##R##_STR "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B_ \
-                   ", p, 1, 1, 0;\n}\n"                                                    \
-                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)); \
-    else                                                                                   \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P_ ", 0;\n"                        \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.f16.f16 {"                \
-                   FLASH4_WGMMA_D##R##_STR "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B_ \
-                   ", p, 1, 1, 0;\n}\n"                                                    \
-                   : FLASH4_WGMMA_D##R##_OPS(d)                                            \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)); \
-  }
-FLASH4_DEFINE_WGMMA_RS_KB(64, 32, 32, 33, 34, 35, 36, 37)
-FLASH4_DEFINE_WGMMA_RS_KB(128, 64, 64, 65, 66, 67, 68, 69)
-FLASH4_DEFINE_WGMMA_RS_KB(160, 80, 80, 81, 82, 83, 84, 85)
-FLASH4_DEFINE_WGMMA_RS_KB(176, 88, 88, 89, 90, 91, 92, 93)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n64k16_kb, 64, 32, 32, 33, 34, 35, 36, 37, 0)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n128k16_kb, 128, 64, 64, 65, 66, 67, 68, 69, 0)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n160k16_kb, 160, 80, 80, 81, 82, 83, 84, 85, 0)
+FLASH4_DEFINE_WGMMA_RS(wgmma_rs_m64n176k16_kb, 176, 88, 88, 89, 90, 91, 92, 93, 0)
+
+// Dispatch on N.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                         int scale_d) {
+  static_assert(N == 64 || N == 80 || N == 128 || N == 160 || N == 176,
+                "instantiated N: 64, 80, 128, 160, 176");
+  if constexpr (N == 64) wgmma_ss_m64n64k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 80) wgmma_ss_m64n80k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 128) wgmma_ss_m64n128k16<T>(d, desc_a, desc_b, scale_d);
+  else if constexpr (N == 160) wgmma_ss_m64n160k16<T>(d, desc_a, desc_b, scale_d);
+  else wgmma_ss_m64n176k16<T>(d, desc_a, desc_b, scale_d);
+}
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4],
+                                            uint64_t desc_b, int scale_d) {
+  static_assert(N == 64 || N == 128, "instantiated N: 64, 128");
+  if constexpr (N == 64) wgmma_rs_m64n64k16_tb<T>(d, a, desc_b, scale_d);
+  else wgmma_rs_m64n128k16_tb<T>(d, a, desc_b, scale_d);
+}
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs_kb(float (&d)[N / 2], const uint32_t (&a)[4],
                                             uint64_t desc_b, int scale_d) {
@@ -412,26 +301,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr)
                : "memory");
-}
-
-// Dispatch on N for the two forms.
-template <typename T, int N>
-__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
-  static_assert(N == 64 || N == 80 || N == 128 || N == 160 || N == 176,
-                "instantiated N: 64, 80, 128, 160, 176");
-  if constexpr (N == 64) wgmma_ss_m64n64k16<T>(d, desc_a, desc_b, scale_d);
-  else if constexpr (N == 80) wgmma_ss_m64n80k16<T>(d, desc_a, desc_b, scale_d);
-  else if constexpr (N == 128) wgmma_ss_m64n128k16<T>(d, desc_a, desc_b, scale_d);
-  else if constexpr (N == 160) wgmma_ss_m64n160k16<T>(d, desc_a, desc_b, scale_d);
-  else wgmma_ss_m64n176k16<T>(d, desc_a, desc_b, scale_d);
-}
-template <typename T, int N>
-__device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4],
-                                            uint64_t desc_b, int scale_d) {
-  static_assert(N == 64 || N == 128, "instantiated N: 64, 128");
-  if constexpr (N == 64) wgmma_rs_m64n64k16_tb<T>(d, a, desc_b, scale_d);
-  else wgmma_rs_m64n128k16_tb<T>(d, a, desc_b, scale_d);
 }
 
 // ---------------------------------------------------------------------------
