@@ -157,55 +157,6 @@ __device__ __forceinline__ uint32_t bwd_ds_offset(uint32_t r, int c, int quad) {
          quad * 4;
 }
 
-// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
-// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
-// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
-// scaled by sc.
-template <typename T, int kAccPanels>
-__device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
-                                               const float (&dk)[32 * kAccPanels],
-                                               const float (&dv)[32 * kAccPanels], uint32_t r,
-                                               int quad, uint32_t panel_bytes, int first_panel,
-                                               float sc) {
-  const uint32_t r7 = r & 7u;
-#pragma unroll
-  for (int p = 0; p < kAccPanels; ++p)
-#pragma unroll
-    for (int c = 0; c < 8; ++c)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int i = 4 * (8 * p + c) + 2 * hh;
-        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
-                             ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
-        *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
-        *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
-      }
-}
-
-// TMA stores of staged dK / dV (64-row tiles): 64 key rows from key_start,
-// 64-column panels [first_panel, first_panel + panels) below data_panels
-// (sm90/panels.cuh); one thread, commits one group.
-__device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
-                                               const uint8_t* sK, const uint8_t* sV,
-                                               uint32_t panel_bytes, int first_panel, int panels,
-                                               int key_start, int h_kv, int b, int data_panels) {
-  for (int p = first_panel; p < first_panel + panels && p < data_panels; ++p) {
-    const uint8_t* dk_src = sK + p * panel_bytes;
-    const uint8_t* dv_src = sV + p * panel_bytes;
-    if (args.ks_ragged) {
-      // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
-      const int ks_row = args.seqlen_k - sqi.sk_rows;
-      const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
-      tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-      tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-    } else {
-      tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
-      tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
-    }
-  }
-  tma_store_commit();
-}
-
 __host__ __device__ constexpr int bwd_d256_piece_offset(int i, int t) {
   return (i / 4) * 512 + 4 * t + i % 4;
 }

@@ -350,6 +350,56 @@ struct BwdSmem {
         dq_empty(kv_full + 3 + 2 * C::kStages) {}
 };
 
+// Epilogue helpers of every backward kernel (head dims 64, 128 and 256).
+// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
+// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
+// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
+// scaled by sc.
+template <typename T, int kAccPanels>
+__device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
+                                               const float (&dk)[32 * kAccPanels],
+                                               const float (&dv)[32 * kAccPanels], uint32_t r,
+                                               int quad, uint32_t panel_bytes, int first_panel,
+                                               float sc) {
+  const uint32_t r7 = r & 7u;
+#pragma unroll
+  for (int p = 0; p < kAccPanels; ++p)
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 4 * (8 * p + c) + 2 * hh;
+        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
+                             ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
+        *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
+        *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
+      }
+}
+
+// TMA stores of staged dK / dV (64-row tiles): 64 key rows from key_start,
+// 64-column panels [first_panel, first_panel + panels) below data_panels
+// (sm90/panels.cuh); one thread, commits one group.
+__device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
+                                               const uint8_t* sK, const uint8_t* sV,
+                                               uint32_t panel_bytes, int first_panel, int panels,
+                                               int key_start, int h_kv, int b, int data_panels) {
+  for (int p = first_panel; p < first_panel + panels && p < data_panels; ++p) {
+    const uint8_t* dk_src = sK + p * panel_bytes;
+    const uint8_t* dv_src = sV + p * panel_bytes;
+    if (args.ks_ragged) {
+      // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
+      const int ks_row = args.seqlen_k - sqi.sk_rows;
+      const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
+      tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+      tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
+    } else {
+      tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
+      tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
+    }
+  }
+  tma_store_commit();
+}
+
 // What a CTA works on, for its consumer warpgroups.
 struct BwdCta {
   SeqCoords sqi;  // the sequence (lengths, TMA coordinates)
@@ -621,10 +671,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
     bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
   } else {
-    // Head dims 64 and 128. (Kept inline and apart from the helpers of
-    // bwd_consumer_d256.cuh: rebuilt on them, or moved into a function, the
-    // deterministic d64 kernel spilled 260-280 B instead of 76 and ran ~20%
-    // slower.)
+    // Head dims 64 and 128. (The main loop is kept inline and apart from the
+    // helpers of bwd_consumer_d256.cuh: rebuilt on them, or moved into a
+    // function, the deterministic d64 kernel spilled 260-280 B instead of 76
+    // and ran ~20% slower. The epilogue shares bwd_stage_dkdv /
+    // bwd_store_dkdv: SASS byte-identical to the inline copy.)
     const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
     const int wthr = tid - 128 * wg;  // thread within the warpgroup
     const int warp_in_wg = wthr / 32;
@@ -870,41 +921,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     {
       const float sc = args.softmax_scale;
       const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
-      const uint32_t r7 = r & 7u;
-#pragma unroll
-      for (int p = 0; p < C::kPanels; ++p)
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int i = 4 * (8 * p + c) + 2 * hh;
-            const uint32_t off = p * C::kPanelBytesN + (r + 8 * hh) * 128 +
-                                 ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
-            *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
-            *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
-          }
+      bwd_stage_dkdv<T, C::kPanels>(sK, sV, dk, dv, r, quad, C::kPanelBytesN, 0, sc);
     }
     fence_proxy_async_smem();
     named_bar_sync(kBwdBarWG0 + cw, 128);
     if (wthr == 0) {
       const int key_start = n_block * kBN + 64 * cw;
       if (key_start < sqi.sk_rows) {  // keys in [sk, sk_rows) get their zero gradients
-#pragma unroll
-        for (int p = 0; p < C::kPanels; ++p) {
-          const uint8_t* dk_src = sK + p * C::kPanelBytesN + 64 * cw * 128;
-          const uint8_t* dv_src = sV + p * C::kPanelBytesN + 64 * cw * 128;
-          if (args.ks_ragged) {
-            // The store maps span all sk_rows key rows (varlen: k_ext = start + sk).
-            const int ks_row = args.seqlen_k - sqi.sk_rows;
-            const int ks_ext = sqi.k_ext - sqi.sk + sqi.sk_rows;
-            tma_store_5d(&args.tm_dk, dk_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-            tma_store_5d(&args.tm_dv, dv_src, p * 64, ks_row + key_start, h_kv, sqi.mb, ks_ext);
-          } else {
-            tma_store_4d(&args.tm_dk, dk_src, p * 64, key_start, h_kv, b);
-            tma_store_4d(&args.tm_dv, dv_src, p * 64, key_start, h_kv, b);
-          }
-        }
-        tma_store_commit();
+        bwd_store_dkdv(args, sqi, sK + 64 * cw * 128, sV + 64 * cw * 128, C::kPanelBytesN, 0,
+                       C::kPanels, key_start, h_kv, b, C::kPanels);
       }
       bulk_wait_all();  // dQ reduce-adds and dK / dV stores complete
     }
