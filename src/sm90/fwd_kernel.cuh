@@ -184,9 +184,14 @@ struct FwdConfig {
   // its own 64 Q rows, which only its own Q K^T reads; the Q of the next tile
   // is loaded only after the O store has read the buffer (see "O over Q" in
   // the header comment).
-  static constexpr int kSmemNoAlias = 2 * kQBytes + 2 * kStages * kKVBytes + 8 * (2 + 4 * kStages) +
-                                      4 * kNumThreads + 1024;
-  static constexpr bool kAliasO = kHeadDim_ == 256 || kSmemNoAlias > 227 * 1024;
+  // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
+  static constexpr int kNumBars = 2 + 4 * kStages;
+  // After the tiles: the barriers, one scratch word per thread (the scheduling
+  // pin in the main loop; per thread, so its stores never share a word:
+  // racecheck clean), 1024 bytes of alignment slack.
+  static constexpr int kTailBytes = 8 * kNumBars + 4 * kNumThreads + 1024;
+  static constexpr bool kAliasO =
+      kHeadDim_ == 256 || 2 * kQBytes + 2 * kStages * kKVBytes + kTailBytes > 227 * 1024;
   // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
   // ldmatrix, Q released right after): the Q K^T wgmmas read only K from
   // shared memory.
@@ -199,12 +204,8 @@ struct FwdConfig {
   static constexpr int kOffK = kOffQ + (kAliasO ? 1 : 2) * kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;
-  // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
-  static constexpr int kNumBars = 2 + 4 * kStages;
-  // one scratch word per thread (see the scheduling pin in the main loop):
-  // per thread, so the pin's stores never touch the same word (racecheck clean)
   static constexpr int kOffScratch = kOffBar + 8 * kNumBars;
-  static constexpr int kSmemBytes = kOffScratch + 4 * kNumThreads + 1024;  // + align slack
+  static constexpr int kSmemBytes = kOffBar + kTailBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
 };
 
