@@ -179,17 +179,17 @@ struct FwdConfig {
   static constexpr int kQBytes = kPanels * kPanelBytesM;
   static constexpr int kKVBytes = kPanels * kPanelBytesN;
 
-  // O staging aliased with Q where a separate O buffer does not fit (head
-  // dim 256; head dim 128 with kBlockN > 160). Consumer c stages its O over
-  // its own 64 Q rows, which only its own Q K^T reads; the Q of the next tile
-  // is loaded only after the O store has read the buffer (see "O over Q" in
-  // the header comment).
   // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
   static constexpr int kNumBars = 2 + 4 * kStages;
   // After the tiles: the barriers, one scratch word per thread (the scheduling
   // pin in the main loop; per thread, so its stores never share a word:
   // racecheck clean), 1024 bytes of alignment slack.
   static constexpr int kTailBytes = 8 * kNumBars + 4 * kNumThreads + 1024;
+  // O staging aliased with Q where a separate O buffer does not fit (head
+  // dim 256; head dim 128 with kBlockN > 160). Consumer c stages its O over
+  // its own 64 Q rows, which only its own Q K^T reads; the Q of the next tile
+  // is loaded only after the O store has read the buffer (see "O over Q" in
+  // the header comment).
   static constexpr bool kAliasO =
       kHeadDim_ == 256 || 2 * kQBytes + 2 * kStages * kKVBytes + kTailBytes > 227 * 1024;
   // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
