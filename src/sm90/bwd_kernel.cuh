@@ -39,6 +39,7 @@
 //                 dQ_w = dS K         SS wgmma, both operands MN-major, 64 x 64:
 //                        d = 64:  query rows [64w, 64w+64) of a 128-row block
 //                        d = 128: head-dim columns [64w, 64w+64) of a 64-row block
+//                 (S^T of the next iteration issued here, BwdConfig::kIssueAhead)
 //                 dQ_w -> shared memory (fragment order) -> one
 //                        cp.reduce.async.bulk .add.f32 of 16 KB into dq_accum
 //               Epilogue: dK * c and dV through shared memory and TMA stores
@@ -239,6 +240,12 @@ struct BwdConfig {
   // queries per iteration: 128 (d 64) or 64 (d 128, d 256)
   static constexpr int kBlockM = kSharedKeys ? 64 : 8192 / kHeadDim;
   static constexpr int kStages = 2;                // Q / dO / row-array ring
+  // Head dims 64 / 128: a consumer issues the next iteration's S^T before it
+  // waits for this iteration's dQ GEMM, so the dQ wait, its staging and the
+  // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). Not in
+  // the deterministic d64 kernel: there it measured 2-4% slower. (dP^T cannot
+  // go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
+  static constexpr bool kIssueAhead = !(kHeadDim == 64 && kDeterministic);
   static constexpr int kNumThreads = 384;
   // 24 + 2 x 240 = 504 per lane. (32 + 2 x 240 = 512, the whole register
   // file, hung the deterministic kernels on H100: the consumers' setmaxnreg.inc
@@ -725,18 +732,21 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       wgmma_commit_group();
     };
 
-    mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-
-    for (int it = 0; it < n_iters; ++it) {
+    // The loop is rotated so that no wgmma is in flight across its back edge
+    // (accumulators in flight there made ptxas serialise every wgmma, C7514):
+    // front(it) waits for stage it, issues S^T (unless issued ahead) and dP^T,
+    // computes P^T and dS^T and packs them (p_frag, ds_frag); a loop turn then
+    // runs the dV, dK and dQ GEMMs of it, issues S^T of it + 1 while the dQ
+    // GEMM runs (C::kIssueAhead), stages dQ, and runs front(it + 1).
+    auto front = [&](int it, bool s_issued) {
       const int2 hm = iter_hm(it);
-      const int h = hm.x;
       const int m = hm.y;
       const int s = it % kS;
-      const uint32_t ph = (it / kS) & 1;
       const int q0 = m * kBM;
-      mbar_wait(&full[s], ph);
-
-      issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
+      if (!s_issued) {
+        mbar_wait(&full[s], (it / kS) & 1);
+        issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
+      }
       issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
 
       // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
@@ -817,6 +827,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           }
         }
       }
+      // Packed here: 16-bit P^T / dS^T (32 registers) cross the loop's back
+      // edge, not the 64 fp32 accumulators (those spilled).
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
 #pragma unroll
@@ -824,6 +836,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
           ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
         }
+    };
+
+    mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+    if (n_iters > 0) front(0, false);
+    for (int it = 0; it < n_iters; ++it) {
+      const int2 hm = iter_hm(it);
+      const int h = hm.x;
+      const int m = hm.y;
+      const int s = it % kS;
 
       // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
       {
@@ -880,40 +901,62 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                                      desc_advance(b_desc, kk * 16 * 128), kk > 0);
         wgmma_commit_group();
       }
-      wgmma_wait_group<0>();  // dV, dK, dQ done: Q / dO / row arrays of stage s free
-      reg_fence_array(dq);
+      // Pending: {dV + dK, dQ}. Once dV / dK are done, stage s (Q, dO, row
+      // arrays) is free and p_frag / ds_frag are dead; the next S^T goes into
+      // the idle s_acc while the dQ GEMM runs (C::kIssueAhead).
+      wgmma_wait_group<1>();
       reg_fence_array(dv);
       reg_fence_array(dk);
       __syncwarp();  // every lane's reads of the stage's row arrays come before the release
       if (lane == 0) mbar_arrive(&empty[s]);
-
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
-      if constexpr (C::kDeterministic) {
-        // Staged for the writer warp (producer warpgroup), which adds it in
-        // turn; wait only until the writer has read this buffer's last piece.
-        // One lane spins, then the warp reconverges: a spin by every thread
-        // here (end of the loop body) also cost the uniform datapath.
-        if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-        fence_proxy_async_smem();
-        mbar_arrive(&dq_full[cw]);
-      } else {
-        if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
-        named_bar_sync(kBwdBarWG0 + cw, 128);
-#pragma unroll
-        for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
-        fence_proxy_async_smem();
-        named_bar_sync(kBwdBarWG0 + cw, 128);
-        if (wthr == 0) {
-          bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
-                              sDQ_mine, C::kDQPieceBytes);
-          tma_store_commit();
+      auto stage_dq = [&]() {
+        if constexpr (C::kDeterministic) {
+          // Staged for the writer warp (producer warpgroup), which adds it in
+          // turn; wait only until the writer has read this buffer's last piece.
+          // One lane spins, then the warp reconverges: a spin by every thread
+          // here (end of the loop body) also cost the uniform datapath.
+          if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
+          __syncwarp();
+  #pragma unroll
+          for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+          fence_proxy_async_smem();
+          mbar_arrive(&dq_full[cw]);
+        } else {
+          if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
+          named_bar_sync(kBwdBarWG0 + cw, 128);
+  #pragma unroll
+          for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+          fence_proxy_async_smem();
+          named_bar_sync(kBwdBarWG0 + cw, 128);
+          if (wthr == 0) {
+            bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
+                                sDQ_mine, C::kDQPieceBytes);
+            tma_store_commit();
+          }
         }
+      };
+      // One branch per path, each ending with no wgmma in flight (ptxas does
+      // not correlate two tests of the same condition: S^T looked in flight at
+      // the loop exit, and it serialised every wgmma, C7515).
+      if (it + 1 < n_iters) {
+        if constexpr (C::kIssueAhead) {
+          const int sn = (it + 1) % kS;
+          mbar_wait(&full[sn], ((it + 1) / kS) & 1);
+          issue_kt(s_acc, k_base, q_base + sn * C::kQBytes);
+          wgmma_wait_group<1>();  // the dQ GEMM (issued before it) is done
+        } else {
+          wgmma_wait_group<0>();
+        }
+        reg_fence_array(dq);
+        stage_dq();
+        front(it + 1, C::kIssueAhead);
+      } else {
+        wgmma_wait_group<0>();
+        reg_fence_array(dq);
+        stage_dq();
       }
     }
-
     // ------------------------------------------------------------- epilogue
     // Every wgmma of both consumers (dQ reads all of sK) is complete: sK / sV
     // become the staging buffers of dK / dV (this consumer's 64 rows).
