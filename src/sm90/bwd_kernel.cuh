@@ -246,6 +246,13 @@ struct BwdConfig {
   // the deterministic d64 kernel: there it measured 2-4% slower. (dP^T cannot
   // go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
   static constexpr bool kIssueAhead = !(kHeadDim == 64 && kDeterministic);
+  // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
+  // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
+  // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
+  // deterministic, so not there; head dim 64 spilled 56-128 B (its P^T / dS^T
+  // fragments are twice as large).
+  static constexpr bool kEarlyDV =
+      kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
   static constexpr int kNumThreads = 384;
   // 24 + 2 x 240 = 504 per lane. (32 + 2 x 240 = 512, the whole register
   // file, hung the deterministic kernels on H100: the consumers' setmaxnreg.inc
@@ -732,6 +739,18 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       wgmma_commit_group();
     };
 
+    // dV += P^T dO (RS: P^T from p_frag; dO of stage s MN-major), one group.
+    auto issue_dv = [&](int s) {
+      uint32_t doa = do_base + s * C::kQBytes;
+      reg_fence(doa);
+      const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk)
+        wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+      wgmma_commit_group();
+    };
+
     // The loop is rotated so that no wgmma is in flight across its back edge
     // (accumulators in flight there made ptxas serialise every wgmma, C7514):
     // front(it) waits for stage it, issues S^T (unless issued ahead) and dP^T,
@@ -813,8 +832,19 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
           }
         }
+        // ---- dV += P^T dO now (C::kEarlyDV), so the tensor pipe has work
+        // during the dS^T math; drained at the end of front (nothing may be
+        // in flight across the loop's back edge).
+        if constexpr (C::kEarlyDV) {
+#pragma unroll
+          for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+          issue_dv(s);
+        }
         // ---- dS^T = P^T * (dP^T - D[query])
-        wgmma_wait_group<0>();
+        wgmma_wait_group<C::kEarlyDV ? 1 : 0>();  // dP^T done (dV may still run)
         reg_fence_array(dp_acc);
 #pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
@@ -833,9 +863,18 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       for (int kk = 0; kk < kBM / 16; ++kk)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+          if constexpr (!C::kEarlyDV)
+            p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
           ds_frag[kk][j] = pack2<T>(dp_acc[8 * kk + 2 * j], dp_acc[8 * kk + 2 * j + 1]);
         }
+      if constexpr (C::kEarlyDV) {
+        wgmma_wait_group<0>();  // dV
+        reg_fence_array(dv);
+#pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) reg_fence(p_frag[kk][j]);  // read by dV until here
+      }
     };
 
     mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
@@ -855,9 +894,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const uint64_t do_desc = make_sw128_desc(doa, C::kPanelBytesM, 1024);
         const uint64_t q_desc = make_sw128_desc(qa, C::kPanelBytesM, 1024);
         wgmma_fence();
+        if constexpr (!C::kEarlyDV) {
 #pragma unroll
-        for (int kk = 0; kk < kBM / 16; ++kk)
-          wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+          for (int kk = 0; kk < kBM / 16; ++kk)
+            wgmma_rs_tb<T, kD>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
+        }
 #pragma unroll
         for (int kk = 0; kk < kBM / 16; ++kk)
           wgmma_rs_tb<T, kD>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
