@@ -959,14 +959,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           // here (end of the loop body) also cost the uniform datapath.
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
           __syncwarp();
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
           fence_proxy_async_smem();
           mbar_arrive(&dq_full[cw]);
         } else {
           if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
           named_bar_sync(kBwdBarWG0 + cw, 128);
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
           fence_proxy_async_smem();
           named_bar_sync(kBwdBarWG0 + cw, 128);
