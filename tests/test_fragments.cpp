@@ -82,6 +82,25 @@ TEST(Fragments, AccumulatorPacksIntoTheAOperand) {
 }
 
 // Each accumulator element is owned by exactly one (warp, lane, register).
+TEST(Fragments, DqPieceLayoutIsABijectionWithContiguousGroups) {
+  using flash4::sm90::dq_piece_offset;
+  std::set<int> seen;
+  for (int t = 0; t < 128; ++t)
+    for (int i = 0; i < 32; ++i) {
+      const int off = dq_piece_offset(i, t);
+      ASSERT_GE(off, 0);
+      ASSERT_LT(off, 4096);
+      EXPECT_TRUE(seen.insert(off).second);
+      EXPECT_EQ(flash4::sm90::dq_piece_reg(off), i);
+      EXPECT_EQ(flash4::sm90::dq_piece_thread(off), t);
+      // registers 4g..4g+3: one 16-byte vector; lanes of a warp: consecutive vectors
+      if (i % 4 == 0) EXPECT_EQ(off % 4, 0);
+      if (i % 4 > 0) EXPECT_EQ(off, dq_piece_offset(i - 1, t) + 1);
+      if (t % 32 > 0) EXPECT_EQ(off, dq_piece_offset(i, t - 1) + 4);
+    }
+  EXPECT_EQ(static_cast<int>(seen.size()), 4096);
+}
+
 TEST(Fragments, AccumulatorOwnershipCoversTheTileOnce) {
   const int n = 128;
   std::set<std::pair<int, int>> seen;

@@ -48,7 +48,7 @@
 //
 // dq_accum chunk of (b, h, m) (64 rows x 256 floats): four 64 x 64 pieces,
 // piece j = head-dim columns [64 j, 64 j + 64); element (register i, thread t)
-// of a piece's wgmma fragment at bwd_d256_piece_offset(i, t), so that each
+// of a piece's wgmma fragment at dq_piece_offset(i, t), so that each
 // thread adds 16 contiguous bytes per instruction and a warp 512.
 #pragma once
 #include "sm90/bwd_kernel.cuh"
@@ -155,10 +155,6 @@ template <class C>
 __device__ __forceinline__ uint32_t bwd_ds_offset(uint32_t r, int c, int quad) {
   return (c / 8) * C::kPanelBytesN + r * 128 + (((static_cast<uint32_t>(c % 8)) ^ (r & 7u)) << 4) +
          quad * 4;
-}
-
-__host__ __device__ constexpr int bwd_d256_piece_offset(int i, int t) {
-  return (i / 4) * 512 + 4 * t + i % 4;
 }
 
 template <class C, class IterHm, class RowOffset>
@@ -388,13 +384,13 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     if constexpr (C::kDeterministic) mbar_wait(&sm.dq_empty[cw], it & 1);  // the keeper's grant
 #pragma unroll
     for (int g = 0; g < 8; ++g)
-      red_add_v4_f32(dst + bwd_d256_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
+      red_add_v4_f32(dst + dq_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
                      dq0[4 * g + 2], dq0[4 * g + 3]);
     wgmma_wait_group<0>();
     reg_fence_array(dq1);
 #pragma unroll
     for (int g = 0; g < 8; ++g)
-      red_add_v4_f32(dst + C::kDQPieceFloats + bwd_d256_piece_offset(4 * g, wthr), dq1[4 * g],
+      red_add_v4_f32(dst + C::kDQPieceFloats + dq_piece_offset(4 * g, wthr), dq1[4 * g],
                      dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
     if constexpr (C::kDeterministic) mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
   }

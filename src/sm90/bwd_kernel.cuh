@@ -40,8 +40,9 @@
 //                        d = 64:  query rows [64w, 64w+64) of a 128-row block
 //                        d = 128: head-dim columns [64w, 64w+64) of a 64-row block
 //                 (S^T of the next iteration issued here, BwdConfig::kIssueAhead)
-//                 dQ_w -> shared memory (fragment order) -> one
-//                        cp.reduce.async.bulk .add.f32 of 16 KB into dq_accum
+//                 dQ_w -> dq_accum by red.global.add.v4.f32 from registers
+//                        (16 bytes per thread and instruction; deterministic
+//                        kernels: staged for the writer warp, see below)
 //               Epilogue: dK * c and dV through shared memory and TMA stores
 //               (the store clips the key tail); written even when the block
 //               sees no query (zero gradients).
@@ -54,8 +55,10 @@
 // dq_accum chunk layout: (b, h, query block m) owns kBlockM * D consecutive
 // floats (8192 for both head dims) = two 64x64 pieces, piece w written by
 // consumer w. Inside a piece, element (register i, thread t) of the wgmma
-// accumulator fragment is at i * 128 + t, so that the shared-memory staging
-// is conflict-free and the reduce-add is one contiguous bulk copy. Fragment:
+// accumulator fragment is at dq_piece_offset(i, t) = (i / 4) 512 + 4 t + i % 4
+// (sm90/fragments.hpp): a thread adds 16 contiguous bytes per instruction, a
+// warp 512; the deterministic staging stores the same layout (16-byte stores,
+// conflict-free) and the writer's reduce-add is one contiguous bulk copy. Fragment:
 // warp = t / 32, lane = t % 32, row = 16 warp + lane / 4 + 8 ((i >> 1) & 1),
 // col = 8 (i >> 2) + 2 (lane % 4) + (i & 1) (see ptx.cuh).
 //
@@ -122,6 +125,7 @@
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/bwd_ptx.cuh"
+#include "sm90/fragments.hpp"
 #include "sm90/panels.cuh"
 #include "sm90/sequence.cuh"
 
@@ -272,9 +276,12 @@ struct BwdConfig {
   static constexpr int kRowBytes = kBlockM * 4;
   static_assert(kBlockM * kHeadDim == (kSharedKeys ? 4 : 2) * kDQPieceFloats,
                 "a dQ chunk is two (d 256: four) 64x64 pieces");
-  // Head dim 256: dQ goes out by vector reductions from registers (no
-  // staging); P^T crosses from consumer 0 to consumer 1 in fp32 instead.
-  static constexpr int kDQStageBytes = kSharedKeys ? 0 : 2 * kDQPieceBytes;
+  // dQ leaves by vector reductions from registers (red.global.add.v4.f32, no
+  // staging: head dim 256), or staged in shared memory and bulk-added
+  // (deterministic kernels: by the writer warp, in turn). Head dim 256: P^T
+  // crosses from consumer 0 to consumer 1 in fp32.
+  static constexpr bool kDQRegAdds = kSharedKeys;
+  static constexpr int kDQStageBytes = kDQRegAdds ? 0 : 2 * kDQPieceBytes;
   static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : 0;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
@@ -442,8 +449,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   constexpr int kNK = kD / 2;   // dK / dV accumulators per thread (64 keys x kD)
 
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                             ~static_cast<uintptr_t>(1023));
+  uint8_t* smem = smem_aligned_1024(smem_raw);
   uint8_t* sK = smem + C::kOffK;
   uint8_t* sV = smem + C::kOffV;
   uint8_t* sQ = smem + C::kOffQ;
@@ -514,7 +520,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   // query blocks at the same time.
   constexpr bool kRotatable = C::kDeterministic && !C::kCausal && !C::kLocal;
   const int nk = (Sk + kBN - 1) / kBN;
-  const bool rotate = kRotatable && args.det_rotate != 0 && nm >= nk && nk > 0;
+  const bool rotate = kRotatable && args.det_rotate != 0 && nm >= nk && n_block < nk;
   const int m0 = rotate ? static_cast<int>(static_cast<int64_t>(n_block) * nm / nk) : 0;
   // (query head, query block) of iteration it.
   auto iter_hm = [&](int it) -> int2 {
@@ -960,14 +966,18 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
           __syncwarp();
 #pragma unroll
-          for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+          for (int g = 0; g < 8; ++g)
+            *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
+                make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
           fence_proxy_async_smem();
           mbar_arrive(&dq_full[cw]);
-        } else {
+        } else if constexpr (!C::kDQRegAdds) {
           if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
           named_bar_sync(kBwdBarWG0 + cw, 128);
 #pragma unroll
-          for (int i = 0; i < 32; ++i) sDQ_mine[i * 128 + wthr] = dq[i];
+          for (int g = 0; g < 8; ++g)
+            *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
+                make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
           fence_proxy_async_smem();
           named_bar_sync(kBwdBarWG0 + cw, 128);
           if (wthr == 0) {
@@ -975,6 +985,22 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                                 sDQ_mine, C::kDQPieceBytes);
             tma_store_commit();
           }
+        } else {
+          // Straight from registers: 16 bytes per thread and instruction, a
+          // warp's 512 contiguous (no staging buffer, no barrier, no shared-
+          // memory traffic: 2 x 32 KB per iteration less than staging + bulk add).
+          // One 64-bit base; the groups are immediate offsets from it
+          // (dq_piece_offset(4 g, t) = 512 g + 4 t).
+          float* dst = args.dq_accum + (row_offset(h, m) * kD + cw * C::kDQPieceFloats +
+                                        dq_piece_offset(0, wthr));
+#pragma unroll
+          for (int g = 0; g < 8; ++g)
+            red_add_v4_f32(dst + 512 * g, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+          // Keeps the adds here: without it ptxas sank them among the next
+          // dP^T wgmmas, and the dQ fragment live there spilled (256-384 B)
+          // and serialised every wgmma (C7512). (A warp barrier orders
+          // memory operations, so they cannot move below it.)
+          __syncwarp();
         }
       };
       // One branch per path, each ending with no wgmma in flight (ptxas does
@@ -1116,21 +1142,18 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
       a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kChunkRows) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
     // (piece w, register i, thread t) of the wgmma fragment -> (row, col).
-    int w, i, t, src;
+    // Float q of piece w (layout: dq_piece_offset, sm90/fragments.hpp).
+    int w, q;
     if constexpr (kD == 256) {
-      // bwd_consumer_d256.cuh: offset (i / 4) 512 + 4 t + i % 4 in a piece;
-      // rows [32 part, 32 part + 32) are threads [64 part, 64 part + 64).
+      // Rows [32 part, 32 part + 32) are threads [64 part, 64 part + 64): the
+      // floats [256 part, 256 part + 256) of each 512-float group.
       w = e >> 11;
-      const int g = (e >> 8) & 7, r = e & 255;
-      t = 64 * part + (r >> 2);
-      i = 4 * g + (r & 3);
-      src = w * 4096 + g * 512 + 4 * t + (r & 3);
+      q = ((e >> 8) & 7) * 512 + 256 * part + (e & 255);
     } else {
       w = e >> 12;
-      i = (e >> 7) & 31;
-      t = e & 127;
-      src = e;
+      q = e & 4095;
     }
+    const int i = dq_piece_reg(q), t = dq_piece_thread(q), src = w * 4096 + q;
     const int warp = t >> 5, ln = t & 31;
     const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
     const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);

@@ -53,5 +53,15 @@ FLASH4_HD constexpr uint32_t ldmatrix_a_offset(int warp, int lane, int kk, uint3
                            static_cast<uint32_t>((kk % 4) * 16 + 8 * (lane / 16)));
 }
 
+// dq_accum piece layout of the backward (64 x 64 fp32 wgmma accumulator
+// fragments): register i of thread t (0..127) is float (i / 4) 512 + 4 t + i % 4
+// of its 4096-float piece, so a thread's registers 4g..4g+3 are 16 contiguous
+// bytes (one red.global.add.v4.f32, one 16-byte shared store) and a warp's
+// 512 bytes are contiguous too.
+FLASH4_HD constexpr int dq_piece_offset(int i, int t) { return (i / 4) * 512 + 4 * t + i % 4; }
+// Its inverse: the register and the thread of float `off` of a piece.
+FLASH4_HD constexpr int dq_piece_reg(int off) { return 4 * (off / 512) + off % 4; }
+FLASH4_HD constexpr int dq_piece_thread(int off) { return (off % 512) / 4; }
+
 }  // namespace sm90
 }  // namespace flash4

@@ -292,8 +292,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   constexpr int kNO = kD / 2;   // O accumulators per thread
 
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                             ~static_cast<uintptr_t>(1023));
+  uint8_t* smem = smem_aligned_1024(smem_raw);
   uint8_t* sQ = smem + C::kOffQ;
   uint8_t* sO = smem + C::kOffO;
   uint8_t* sK = smem + C::kOffK;

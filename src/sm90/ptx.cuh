@@ -22,6 +22,15 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The 1024-byte aligned base of the dynamic shared memory (the launch asks
+// for 1024 bytes of slack). Aligned by pointer arithmetic on the __shared__
+// array: a round trip through an integer loses the address space, and every
+// shared-memory access through the result became a generic LD.E / ST.E
+// (slower, and tracked by the long scoreboard) instead of LDS / STS.
+__device__ __forceinline__ uint8_t* smem_aligned_1024(uint8_t* smem_raw) {
+  return smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+}
+
 // ---------------------------------------------------------------------------
 // 128-byte swizzle (the pattern TMA SWIZZLE_128B writes and wgmma's
 // layout type 1 reads). A "panel" is rows x 64 16-bit elements, each row
