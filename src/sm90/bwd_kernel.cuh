@@ -40,9 +40,9 @@
 //                        d = 64:  query rows [64w, 64w+64) of a 128-row block
 //                        d = 128: head-dim columns [64w, 64w+64) of a 64-row block
 //                 (S^T of the next iteration issued here, BwdConfig::kIssueAhead)
-//                 dQ_w -> dq_accum by red.global.add.v4.f32 from registers
-//                        (16 bytes per thread and instruction; deterministic
-//                        kernels: staged for the writer warp, see below)
+//                 dQ_w -> shared memory (dq_piece_offset layout, 16-byte
+//                        stores) -> one cp.reduce.async.bulk .add.f32 of 16 KB
+//                        into dq_accum (deterministic: by the writer warp)
 //               Epilogue: dK * c and dV through shared memory and TMA stores
 //               (the store clips the key tail); written even when the block
 //               sees no query (zero gradients).
@@ -276,12 +276,13 @@ struct BwdConfig {
   static constexpr int kRowBytes = kBlockM * 4;
   static_assert(kBlockM * kHeadDim == (kSharedKeys ? 4 : 2) * kDQPieceFloats,
                 "a dQ chunk is two (d 256: four) 64x64 pieces");
-  // dQ leaves by vector reductions from registers (red.global.add.v4.f32, no
-  // staging: head dim 256), or staged in shared memory and bulk-added
-  // (deterministic kernels: by the writer warp, in turn). Head dim 256: P^T
-  // crosses from consumer 0 to consumer 1 in fp32.
-  static constexpr bool kDQRegAdds = kSharedKeys;
-  static constexpr int kDQStageBytes = kDQRegAdds ? 0 : 2 * kDQPieceBytes;
+  // Head dims 64 / 128: dQ is staged in shared memory and bulk-added
+  // (deterministic: by the writer warp, in turn). red.global.add.v4.f32 from
+  // registers instead measured 2-3% slower at d128 non-causal (H200 A/B,
+  // docs/perf.md) and spilled at d64. Head dim 256: dQ goes out by vector
+  // reductions from registers (no staging fits); P^T crosses from consumer 0
+  // to consumer 1 in fp32.
+  static constexpr int kDQStageBytes = kSharedKeys ? 0 : 2 * kDQPieceBytes;
   static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : 0;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
@@ -971,7 +972,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                 make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
           fence_proxy_async_smem();
           mbar_arrive(&dq_full[cw]);
-        } else if constexpr (!C::kDQRegAdds) {
+        } else {
           if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
           named_bar_sync(kBwdBarWG0 + cw, 128);
 #pragma unroll
@@ -985,22 +986,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                                 sDQ_mine, C::kDQPieceBytes);
             tma_store_commit();
           }
-        } else {
-          // Straight from registers: 16 bytes per thread and instruction, a
-          // warp's 512 contiguous (no staging buffer, no barrier, no shared-
-          // memory traffic: 2 x 32 KB per iteration less than staging + bulk add).
-          // One 64-bit base; the groups are immediate offsets from it
-          // (dq_piece_offset(4 g, t) = 512 g + 4 t).
-          float* dst = args.dq_accum + (row_offset(h, m) * kD + cw * C::kDQPieceFloats +
-                                        dq_piece_offset(0, wthr));
-#pragma unroll
-          for (int g = 0; g < 8; ++g)
-            red_add_v4_f32(dst + 512 * g, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
-          // Keeps the adds here: without it ptxas sank them among the next
-          // dP^T wgmmas, and the dQ fragment live there spilled (256-384 B)
-          // and serialised every wgmma (C7512). (A warp barrier orders
-          // memory operations, so they cannot move below it.)
-          __syncwarp();
         }
       };
       // One branch per path, each ending with no wgmma in flight (ptxas does
