@@ -255,6 +255,11 @@ struct BwdConfig {
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
   // deterministic, so not there; head dim 64 spilled 56-128 B (its P^T / dS^T
   // fragments are twice as large).
+  // Head dim 128, default mode: the reduce-add of a staged dQ piece (fence,
+  // warpgroup barrier, bulk copy) is issued from the next iteration's front,
+  // after its exponentials, instead of right after the stores. (Head dim 64:
+  // ptxas spilled 384 B and serialised the wgmmas; causal softcap: 20 B.)
+  static constexpr bool kDeferDQCommit = kHeadDim == 128 && !kDeterministic && !kSoftcap;
   static constexpr bool kEarlyDV =
       kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
   static constexpr int kNumThreads = 384;
@@ -764,7 +769,23 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     // computes P^T and dS^T and packs them (p_frag, ds_frag); a loop turn then
     // runs the dV, dK and dQ GEMMs of it, issues S^T of it + 1 while the dQ
     // GEMM runs (C::kIssueAhead), stages dQ, and runs front(it + 1).
-    auto front = [&](int it, bool s_issued) {
+    // Default mode: the second half of handing a staged dQ piece to the bulk
+    // reduce-add (the stores are in stage_dq). With C::kDeferDQCommit it is
+    // called from front() of the next iteration, after its exponentials: the
+    // fence then finds the stores long complete (ncu: right after the stores
+    // it waited ~5% of the samples).
+    auto dq_commit = [&](int h, int m) {
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
+                            sDQ_mine, C::kDQPieceBytes);
+        tma_store_commit();
+      }
+    };
+
+    // pend: (h, m) of a staged dQ piece whose reduce-add front issues (x < 0: none).
+    auto front = [&](int it, bool s_issued, int2 pend) {
       const int2 hm = iter_hm(it);
       const int m = hm.y;
       const int s = it % kS;
@@ -821,6 +842,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
               dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
             }
         }
+        if (pend.x >= 0) dq_commit(pend.x, pend.y);
       } else {
         wgmma_wait_group<1>();
         reg_fence_array(s_acc);
@@ -839,6 +861,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
           }
         }
+        if (pend.x >= 0) dq_commit(pend.x, pend.y);
         // ---- dV += P^T dO now (C::kEarlyDV), so the tensor pipe has work
         // during the dS^T math; drained at the end of front (nothing may be
         // in flight across the loop's back edge).
@@ -885,7 +908,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     };
 
     mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-    if (n_iters > 0) front(0, false);
+    if (n_iters > 0) front(0, false, make_int2(-1, 0));
     for (int it = 0; it < n_iters; ++it) {
       const int2 hm = iter_hm(it);
       const int h = hm.x;
@@ -958,7 +981,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       __syncwarp();  // every lane's reads of the stage's row arrays come before the release
       if (lane == 0) mbar_arrive(&empty[s]);
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
-      auto stage_dq = [&]() {
+      auto stage_dq = [&](bool defer) {
         if constexpr (C::kDeterministic) {
           // Staged for the writer warp (producer warpgroup), which adds it in
           // turn; wait only until the writer has read this buffer's last piece.
@@ -979,15 +1002,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           for (int g = 0; g < 8; ++g)
             *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
                 make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
-          fence_proxy_async_smem();
-          named_bar_sync(kBwdBarWG0 + cw, 128);
-          if (wthr == 0) {
-            bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
-                                sDQ_mine, C::kDQPieceBytes);
-            tma_store_commit();
-          }
+          if (!defer) dq_commit(h, m);
         }
       };
+      // C::kDeferDQCommit: the reduce-add of this piece is issued by front(it + 1).
+      const int2 pend = make_int2(C::kDeferDQCommit ? h : -1, m);
       // One branch per path, each ending with no wgmma in flight (ptxas does
       // not correlate two tests of the same condition: S^T looked in flight at
       // the loop exit, and it serialised every wgmma, C7515).
@@ -1001,12 +1020,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           wgmma_wait_group<0>();
         }
         reg_fence_array(dq);
-        stage_dq();
-        front(it + 1, C::kIssueAhead);
+        stage_dq(/*defer*/ C::kDeferDQCommit);
+        front(it + 1, C::kIssueAhead, pend);
       } else {
         wgmma_wait_group<0>();
         reg_fence_array(dq);
-        stage_dq();
+        stage_dq(/*defer*/ false);
       }
     }
     // ------------------------------------------------------------- epilogue
