@@ -7,6 +7,7 @@
 # if any failed):
 #   configure  cmake -G Ninja, Release, -DFLASH4_PTXAS_VERBOSE=ON
 #   build      all cores; build time and ptxas resource lines recorded
+#   sass       no generic LD.E / ST.E in the kernels (cuobjdump; shared memory must be LDS / STS)
 #   info       flash4 info
 #   tests      flash4_tests (whole GoogleTest suite, one process)
 #   check      flash4 check (--quick with QUICK=1)
@@ -179,6 +180,23 @@ spills=$(grep -cE '[1-9][0-9]* bytes spill (stores|loads)' "$PTXAS")
 # e.g. for lack of registers: a silent, large slowdown.
 serialized=$(grep -c 'C7512' "$PTXAS")
 RESULTS+=("      ptxas: $(grep -c 'Used [0-9]* registers' "$PTXAS") kernels compiled, $spills lines with spills, $serialized with serialized wgmma (C7512)")
+# Generic loads / stores (LD.E / ST.E: neither LDS/STS nor LDG/STG) in the kernels
+# mean a pointer lost its address space: shared-memory accesses then take the
+# slow generic path (docs/design.md; the backward ran 3-14% slower that way).
+LIB=$(ls "$BUILD_DIR"/libflash4.so "$BUILD_DIR"/libflash4.a 2>/dev/null | head -1)
+if ! command -v cuobjdump >/dev/null 2>&1 || [[ -z "$LIB" ]]; then
+  record SKIP sass "(cuobjdump or the library not found)"
+else
+  sass_generic=$(cuobjdump -sass "$LIB" 2>/dev/null |
+    awk '/Function :/{f=$3} /[[:space:]](LD|ST)\.E/{n[f]++} END{for (k in n) print n[k], k}')
+  kernels=$(cuobjdump -sass "$LIB" 2>/dev/null | grep -c 'Function :')
+  if [[ -z "$sass_generic" ]]; then
+    record PASS sass "(no generic LD.E / ST.E in the $kernels kernels' SASS)"
+  else
+    { echo "# kernels with generic LD.E / ST.E (count, mangled name)"; echo "$sass_generic"; } >>"$BUILD_LOG"
+    record FAIL sass "($(echo "$sass_generic" | grep -c .) of $kernels kernels use generic LD.E / ST.E: listed in build.log)"
+  fi
+fi
 write_summary
 
 CLI=$BUILD_DIR/flash4
