@@ -3,7 +3,8 @@
 # device: builds the CLI (build-gpu, incremental on a warm machine), then for each
 # case "d:causal:seqlen:det" (default 128:0:16384:0) profiles one launch of the
 # main backward kernel (after one warm-up launch) and exports the per-SASS
-# sampling table (.sass.csv) and the section details (.details.txt).
+# sampling table (.sass.csv; summarise it with ncu_stalls.py) and the section
+# details (.details.txt).
 # Usage (repo root): [SKIP_BUILD=1] bash src/sm90/dev/run_ncu_bwd.sh OUTDIR [case ...]
 set -o pipefail
 OUTD=${1:?out dir}; shift
