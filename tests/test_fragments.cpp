@@ -4,6 +4,7 @@
 
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "sm90/fragments.hpp"
 
@@ -99,6 +100,45 @@ TEST(Fragments, DqPieceLayoutIsABijectionWithContiguousGroups) {
       if (t % 32 > 0) EXPECT_EQ(off, dq_piece_offset(i, t - 1) + 4);
     }
   EXPECT_EQ(static_cast<int>(seen.size()), 4096);
+}
+
+// Every dQ element the consumers add (piece w, register i, thread t) is read
+// by exactly one postprocess CTA part and lands where the GEMM computed it.
+TEST(Fragments, DqPostprocessInvertsTheConsumersLayout) {
+  using namespace flash4::sm90;
+  for (int d : {64, 128, 256}) {
+    const int rows = d == 256 ? 32 : 8192 / d;  // rows per postprocess CTA
+    const int parts = d == 256 ? 2 : 1;         // CTAs per chunk
+    const int pieces = d == 256 ? 4 : 2;
+    // Writer side: float index in the chunk -> (row, col) of the chunk's dQ.
+    std::vector<RowCol> written(static_cast<size_t>(pieces) * 4096, RowCol{-1, -1});
+    for (int w = 0; w < pieces; ++w)
+      for (int t = 0; t < 128; ++t)
+        for (int i = 0; i < 32; ++i) {
+          const RowCol c = wgmma_c_elem(t / 32, t % 32, i);
+          written[static_cast<size_t>(w) * 4096 + dq_piece_offset(i, t)] =
+              d == 64 ? RowCol{64 * w + c.row, c.col} : RowCol{c.row, 64 * w + c.col};
+        }
+    std::set<std::pair<int, int>> seen;
+    for (int part = 0; part < parts; ++part)
+      for (int e = 0; e < 8192; ++e) {
+        const DqPieceFloat f = dq_post_source(d, e, part);
+        ASSERT_GE(f.piece, 0);
+        ASSERT_LT(f.piece, pieces);
+        ASSERT_GE(f.off, 0);
+        ASSERT_LT(f.off, 4096);
+        const RowCol dst = dq_post_dest(d, f.piece, f.off, part, rows);
+        ASSERT_GE(dst.row, 0);
+        ASSERT_LT(dst.row, rows);
+        ASSERT_GE(dst.col, 0);
+        ASSERT_LT(dst.col, d);
+        const RowCol src = written[static_cast<size_t>(f.piece) * 4096 + f.off];
+        EXPECT_EQ(src.row, dst.row + part * rows) << "d " << d << " e " << e;
+        EXPECT_EQ(src.col, dst.col) << "d " << d << " e " << e;
+        EXPECT_TRUE(seen.insert({src.row, src.col}).second);
+      }
+    EXPECT_EQ(static_cast<int>(seen.size()), rows * parts * d);
+  }
 }
 
 TEST(Fragments, AccumulatorOwnershipCoversTheTileOnce) {

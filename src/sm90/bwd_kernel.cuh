@@ -1145,25 +1145,10 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
   const float* chunk =
       a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kChunkRows) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
-    // (piece w, register i, thread t) of the wgmma fragment -> (row, col).
-    // Float q of piece w (layout: dq_piece_offset, sm90/fragments.hpp).
-    int w, q;
-    if constexpr (kD == 256) {
-      // Rows [32 part, 32 part + 32) are threads [64 part, 64 part + 64): the
-      // floats [256 part, 256 part + 256) of each 512-float group.
-      w = e >> 11;
-      q = ((e >> 8) & 7) * 512 + 256 * part + (e & 255);
-    } else {
-      w = e >> 12;
-      q = e & 4095;
-    }
-    const int i = dq_piece_reg(q), t = dq_piece_thread(q), src = w * 4096 + q;
-    const int warp = t >> 5, ln = t & 31;
-    const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
-    const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
-    const int row = kD == 64 ? 64 * w + r : r - part * kRows;
-    const int col = kD == 64 ? c : 64 * w + c;
-    tile[row * kLd + col] = chunk[src];
+    // Layout: dq_piece_offset; the mapping is host-tested (tests/test_fragments.cpp).
+    const DqPieceFloat f = dq_post_source(kD, e, part);
+    const RowCol rc = dq_post_dest(kD, f.piece, f.off, part, kRows);
+    tile[rc.row * kLd + rc.col] = chunk[f.piece * 4096 + f.off];
   }
   __syncthreads();
   const float sc = a.softmax_scale;

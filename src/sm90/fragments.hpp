@@ -63,5 +63,27 @@ FLASH4_HD constexpr int dq_piece_offset(int i, int t) { return (i / 4) * 512 + 4
 FLASH4_HD constexpr int dq_piece_reg(int off) { return 4 * (off / 512) + off % 4; }
 FLASH4_HD constexpr int dq_piece_thread(int off) { return (off % 512) / 4; }
 
+// The backward postprocess's view of a dq_accum chunk (pieces of 4096 floats,
+// two at head dims 64 / 128, four at 256): the CTA's element e (0..8191) is
+// float `off` of piece `piece`. Head dim 256 runs two CTAs (part 0, 1) per
+// 64-row chunk, each 32 rows: threads [64 part, 64 part + 64) of every piece,
+// i.e. floats [256 part, 256 part + 256) of each 512-float group.
+struct DqPieceFloat {
+  int piece, off;
+};
+FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part) {
+  return head_dim == 256 ? DqPieceFloat{e >> 11, ((e >> 8) & 7) * 512 + 256 * part + (e & 255)}
+                         : DqPieceFloat{e >> 12, e & 4095};
+}
+// Where that float belongs in the CTA's rows x head_dim tile of dQ: piece w is
+// query rows [64 w, 64 w + 64) at head dim 64, and head-dim columns
+// [64 w, 64 w + 64) otherwise (the consumers' split of the dQ GEMM).
+FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows) {
+  const int t = dq_piece_thread(off);
+  const RowCol c = wgmma_c_elem(t >> 5, t & 31, dq_piece_reg(off));
+  return head_dim == 64 ? RowCol{64 * piece + c.row, c.col}
+                        : RowCol{c.row - part * rows, 64 * piece + c.col};
+}
+
 }  // namespace sm90
 }  // namespace flash4
