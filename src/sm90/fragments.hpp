@@ -59,9 +59,9 @@ FLASH4_HD constexpr uint32_t ldmatrix_a_offset(int warp, int lane, int kk, uint3
 // bytes (one red.global.add.v4.f32, one 16-byte shared store) and a warp's
 // 512 bytes are contiguous too.
 FLASH4_HD constexpr int dq_piece_offset(int i, int t) { return (i / 4) * 512 + 4 * t + i % 4; }
-// Its inverse: the register and the thread of float `off` of a piece.
-FLASH4_HD constexpr int dq_piece_reg(int off) { return 4 * (off / 512) + off % 4; }
-FLASH4_HD constexpr int dq_piece_thread(int off) { return (off % 512) / 4; }
+// Its inverse: the register and the thread of float `off` (0..4095) of a piece.
+FLASH4_HD constexpr int dq_piece_reg(int off) { return 4 * (off >> 9) + (off & 3); }
+FLASH4_HD constexpr int dq_piece_thread(int off) { return (off & 511) >> 2; }
 
 // The backward postprocess's view of a dq_accum chunk (pieces of 4096 floats,
 // two at head dims 64 / 128, four at 256): the CTA's element e (0..8191) is
@@ -78,11 +78,14 @@ FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part) {
 // Where that float belongs in the CTA's rows x head_dim tile of dQ: piece w is
 // query rows [64 w, 64 w + 64) at head dim 64, and head-dim columns
 // [64 w, 64 w + 64) otherwise (the consumers' split of the dQ GEMM).
+// (wgmma_c_elem of the float's register and thread, written with shifts and
+// masks: the kernel's index math is then what it was before this function.)
 FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows) {
-  const int t = dq_piece_thread(off);
-  const RowCol c = wgmma_c_elem(t >> 5, t & 31, dq_piece_reg(off));
-  return head_dim == 64 ? RowCol{64 * piece + c.row, c.col}
-                        : RowCol{c.row - part * rows, 64 * piece + c.col};
+  const int i = dq_piece_reg(off), t = dq_piece_thread(off);
+  const int warp = t >> 5, ln = t & 31;
+  const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
+  const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
+  return head_dim == 64 ? RowCol{64 * piece + r, c} : RowCol{r - part * rows, 64 * piece + c};
 }
 
 }  // namespace sm90
