@@ -187,9 +187,11 @@ LIB=$(ls "$BUILD_DIR"/libflash4.so "$BUILD_DIR"/libflash4.a 2>/dev/null | head -
 if ! command -v cuobjdump >/dev/null 2>&1 || [[ -z "$LIB" ]]; then
   record SKIP sass "(cuobjdump or the library not found)"
 else
-  sass_generic=$(cuobjdump -sass "$LIB" 2>/dev/null |
-    awk '/Function :/{f=$3} /[[:space:]](LD|ST)\.E/{n[f]++} END{for (k in n) print n[k], k}')
-  kernels=$(cuobjdump -sass "$LIB" 2>/dev/null | grep -c 'Function :')
+  # One pass: first line the kernel count, then (count, name) per kernel with generic accesses.
+  sass_scan=$(cuobjdump -sass "$LIB" 2>/dev/null |
+    awk '/Function :/{f=$3; k++} /[[:space:]](LD|ST)\.E/{n[f]++} END{print k+0; for (x in n) print n[x], x}')
+  kernels=$(head -1 <<<"$sass_scan")
+  sass_generic=$(tail -n +2 <<<"$sass_scan")
   if [[ -z "$sass_generic" ]]; then
     record PASS sass "(no generic LD.E / ST.E in the $kernels kernels' SASS)"
   else

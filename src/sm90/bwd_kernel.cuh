@@ -981,6 +981,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       __syncwarp();  // every lane's reads of the stage's row arrays come before the release
       if (lane == 0) mbar_arrive(&empty[s]);
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
+      // This thread's dQ fragment into its staging buffer (16-byte stores).
+      auto store_dq_piece = [&]() {
+#pragma unroll
+        for (int g = 0; g < 8; ++g)
+          *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
+              make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+      };
       auto stage_dq = [&](bool defer) {
         if constexpr (C::kDeterministic) {
           // Staged for the writer warp (producer warpgroup), which adds it in
@@ -989,19 +996,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           // here (end of the loop body) also cost the uniform datapath.
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
           __syncwarp();
-#pragma unroll
-          for (int g = 0; g < 8; ++g)
-            *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
-                make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+          store_dq_piece();
           fence_proxy_async_smem();
           mbar_arrive(&dq_full[cw]);
         } else {
           if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
           named_bar_sync(kBwdBarWG0 + cw, 128);
-#pragma unroll
-          for (int g = 0; g < 8; ++g)
-            *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
-                make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+          store_dq_piece();
           if (!defer) dq_commit(h, m);
         }
       };

@@ -11,9 +11,11 @@ OUTD=${1:?out dir}; shift
 mkdir -p "$OUTD"
 CASES=("$@"); [[ ${#CASES[@]} -eq 0 ]] && CASES=(128:0:16384:0)
 t0=$SECONDS
-[[ "${SKIP_BUILD:-0}" == 1 ]] || ( cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_BUILD_TESTS=OFF >/dev/null &&
-  cmake --build build-gpu -j"$(nproc)" --target flash4_cli ) > "$OUTD/build.log" 2>&1 ||
-  cmake --build build-gpu -j"$(nproc)" >> "$OUTD/build.log" 2>&1 || { tail -30 "$OUTD/build.log"; exit 1; }
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  ( cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_BUILD_TESTS=OFF >/dev/null &&
+    cmake --build build-gpu -j"$(nproc)" --target flash4_cli ) > "$OUTD/build.log" 2>&1 ||
+    { tail -30 "$OUTD/build.log"; exit 1; }
+fi
 echo "build: $((SECONDS - t0)) s"
 M=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
 M=$M,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__inst_issued.avg.pct_of_peak_sustained_active
