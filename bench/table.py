@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Markdown tables (README) from bench/compare.py's JSON lines: flash4 next to the SDPA backends.
+
+One table per mode: d, causal, seqlen, TFLOP/s of flash4 (path), sdpa-cudnn and sdpa-flash2,
+flash4/cudnn and, with --targets (the shared anchors' targets-vs-cudnn.json), the target ratio
+and whether it is met. The last line counts the points that meet their target.
+Usage: python3 bench/table.py compare.jsonl [--targets targets-vs-cudnn.json]
+"""
+import argparse
+import json
+
+
+def load(path):
+    best = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            r = json.loads(line)
+            if r.get("status", "ok") != "ok" or not r.get("tflops"):
+                continue
+            key = (r["mode"], r["headdim"], int(bool(r["causal"])), r["seqlen"], r["impl"])
+            best[key] = r  # the last measurement of a point wins
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl")
+    ap.add_argument("--targets", help="JSON object: '<mode>-d<D>-c<0|1>-s<seqlen>' -> ratio to cuDNN")
+    a = ap.parse_args()
+    rows = load(a.jsonl)
+    targets = json.load(open(a.targets)) if a.targets else {}
+    points = sorted({k[:4] for k in rows}, key=lambda k: (k[0] != "fwd", k[1], k[2], k[3]))
+    for mode in ("fwd", "bwd"):
+        mine = [p for p in points if p[0] == mode]
+        if not mine:
+            continue
+        met = total = 0
+        print(f"\n{'Forward' if mode == 'fwd' else 'Backward'}:\n")
+        head = "| d | causal | seqlen | flash4 (path) | sdpa-cudnn | sdpa-flash2 | flash4/cudnn |"
+        print(head + (" target | met |" if targets else ""))
+        print("|---" * (7 + (2 if targets else 0)) + "|")
+        for p in mine:
+            f4 = rows.get(p + ("flash4-torch",))
+            cu = rows.get(p + ("sdpa-cudnn",))
+            fa = rows.get(p + ("sdpa-flash2",))
+            cell = lambda r: f"{r['tflops']:.0f}" if r else "–"
+            ratio = f4["tflops"] / cu["tflops"] if f4 and cu else None
+            line = (f"| {p[1]} | {p[2]} | {p[3]} | {cell(f4)} ({f4.get('path', '?') if f4 else '–'}) | "
+                    f"{cell(cu)} | {cell(fa)} | {f'{ratio:.2f}' if ratio else '–'} |")
+            t = targets.get(f"{mode}-d{p[1]}-c{p[2]}-s{p[3]}")
+            if targets:
+                ok = ratio is not None and t is not None and ratio >= t
+                met += ok
+                total += t is not None
+                line += f" {t:.2f} | {'yes' if ok else 'no'} |" if t is not None else " – | – |"
+            print(line)
+        if targets:
+            print(f"\n{mode}: target met at {met} of {total} points")
+
+
+if __name__ == "__main__":
+    main()
