@@ -209,6 +209,44 @@ class GpuFwdGqa : public GpuFwdSweep {};
 TEST_P(GpuFwdGqa, MatchesReference) { run_and_expect_pass(GetParam().p); }
 INSTANTIATE_TEST_SUITE_P(GpuFwd, GpuFwdGqa, ::testing::ValuesIn(gqa_cases()), case_name);
 
+// ---- many tiles per CTA -----------------------------------------------------------
+// The persistent grid (one CTA per SM) gives a CTA several tiles only when
+// tiles outnumber SMs, which the sweeps above never do: these cases have
+// 200-800 tiles (many (batch, head) pairs of short rows), so K/V rings, Q and
+// O staging (over V at head dim 256) carry over from tile to tile. Causal
+// Sq > Sk has tiles whose rows see no key (their zero O is staged too);
+// varlen mixes sequences with and without work; a window adds masked blocks.
+std::vector<Case> many_tile_cases() {
+  std::vector<Case> v;
+  for (int d : {64, 128, 256, 192})
+    for (int variant = 0; variant < 4; ++variant) {
+      Case c;
+      Problem& p = c.p;
+      p.headdim = d;
+      p.batch = 24; p.heads_q = 8; p.heads_kv = 4;
+      p.dtype = variant == 2 ? FLASH4_DTYPE_FP16 : FLASH4_DTYPE_BF16;
+      std::string tag;
+      switch (variant) {
+        case 0: p.seqlen_q = 200; p.seqlen_k = 160; tag = "200x160"; break;
+        case 1: p.seqlen_q = 300; p.seqlen_k = 100; p.causal = true; tag = "300x100_causal"; break;
+        case 2: p.seqlen_q = 129; p.seqlen_k = 257; p.window_left = 40; p.window_right = 7;
+                tag = "129x257_window"; break;
+        default:
+          p.varlen = true; p.batch = 40; p.causal = true; tag = "varlen_causal";
+          for (int b = 0; b < p.batch; ++b) {
+            p.seqlens_q.push_back(b % 5 == 0 ? 0 : 37 + 61 * (b % 7));
+            p.seqlens_k.push_back(b % 3 == 0 ? 11 : 29 + 53 * (b % 6));
+          }
+      }
+      c.name = "d" + std::to_string(d) + "_" + tag + (p.dtype == FLASH4_DTYPE_FP16 ? "_fp16" : "");
+      v.push_back(c);
+    }
+  return seeded(v, 11);
+}
+class GpuFwdManyTiles : public GpuFwdSweep {};
+TEST_P(GpuFwdManyTiles, MatchesReference) { run_and_expect_pass(GetParam().p); }
+INSTANTIATE_TEST_SUITE_P(GpuFwd, GpuFwdManyTiles, ::testing::ValuesIn(many_tile_cases()), case_name);
+
 // ---- local windows -----------------------------------------------------------
 std::vector<Case> window_cases() {
   std::vector<Case> v;

@@ -23,7 +23,7 @@
 // Tiles: kBlockM = 64 * kConsumers query rows; kBlockN = 128 keys per K/V
 // block (head dims 64, 128) or 80 (head dim 256: S 64x80 and O 64x256 take
 // 40 + 128 accumulator registers of the 240, and Q (64 KB) + 2 K/V stages
-// (160 KB) fill shared memory, so O is staged over Q, see below).
+// (160 KB) fill shared memory, so O is staged over the V ring, see below).
 //
 // Pipelines (mbarriers, explicit phase parity):
 //   q_full  count 1 + tx bytes; q_empty count 4*kConsumers (every consumer
@@ -36,8 +36,21 @@
 //           the buffer (cp.async.bulk.wait_group.read), and every tile that
 //           the consumers visit (m0 < sq) takes a Q turn: a tile without work
 //           gets a plain q_full arrive from the producer instead of a load.
-//           So no Q load is ever in flight while O is staged. (The host
-//           launches one CTA per tile for head dim 256 anyway.)
+//           So no Q load is ever in flight while O is staged. (Dev
+//           configurations only: head dim 128 with kBlockN > 160.)
+//   O over V (kOverV, head dim 256): the tile's O (64 KB, Q's layout) is
+//           staged over the V ring (2 x 40 KB), so Q is released after the
+//           last Q K^T as usual and the next tile's Q and first K load while
+//           this tile's epilogue runs. The consumers meet at a named barrier
+//           once every P.V of the tile has retired (the V ring is then idle:
+//           each consumer's O spans both stages), and after the store has
+//           read the buffer each consumer arrives on o_empty (count
+//           kConsumers). The producer waits for that phase (tile j - 1's)
+//           before the first V load of tile j, and at a tile without work
+//           (whose zero O is staged too), so phases are waited in order and
+//           no V load is in flight while O is staged. Head dims 136..192:
+//           the V ring's tail panels (never loaded) then hold O values; they
+//           only feed O's tail columns, which are never stored.
 //   k/v_full  count 1 + tx bytes; k/v_empty count 4*kConsumers (after
 //           wgmma.wait).
 //   Global K/V iteration g uses stage g % kStages, parity (g / kStages) & 1.
@@ -179,19 +192,25 @@ struct FwdConfig {
   static constexpr int kQBytes = kPanels * kPanelBytesM;
   static constexpr int kKVBytes = kPanels * kPanelBytesN;
 
-  // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S]
-  static constexpr int kNumBars = 2 + 4 * kStages;
+  // Head dim 256: O staged over the V ring (see "O over V" in the header
+  // comment), so the next tile's Q loads during the epilogue.
+  static constexpr bool kOverV = kHeadDim_ == 256;
+  // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S],
+  // o_empty (kOverV)
+  static constexpr int kNumBars = 2 + 4 * kStages + (kOverV ? 1 : 0);
   // After the tiles: the barriers, one scratch word per thread (the scheduling
   // pin in the main loop; per thread, so its stores never share a word:
   // racecheck clean), 1024 bytes of alignment slack.
   static constexpr int kTailBytes = 8 * kNumBars + 4 * kNumThreads + 1024;
-  // O staging aliased with Q where a separate O buffer does not fit (head
-  // dim 256; head dim 128 with kBlockN > 160). Consumer c stages its O over
+  // O staging aliased with Q where a separate O buffer does not fit and O
+  // does not go over V (head dim 128 with kBlockN > 160, dev configurations
+  // only). Consumer c stages its O over
   // its own 64 Q rows, which only its own Q K^T reads; the Q of the next tile
   // is loaded only after the O store has read the buffer (see "O over Q" in
   // the header comment).
   static constexpr bool kAliasO =
-      kHeadDim_ == 256 || 2 * kQBytes + 2 * kStages * kKVBytes + kTailBytes > 227 * 1024;
+      !kOverV && 2 * kQBytes + 2 * kStages * kKVBytes + kTailBytes > 227 * 1024;
+  static_assert(!kOverV || kStages * kKVBytes >= kQBytes, "O over V: O fits the V ring");
   // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
   // ldmatrix, Q released right after): the Q K^T wgmmas read only K from
   // shared memory.
@@ -200,9 +219,10 @@ struct FwdConfig {
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffQ = 0;
-  static constexpr int kOffO = kAliasO ? kOffQ : kOffQ + kQBytes;  // O staging, same shape as Q
-  static constexpr int kOffK = kOffQ + (kAliasO ? 1 : 2) * kQBytes;
+  static constexpr int kOffK = kOffQ + (kAliasO || kOverV ? 1 : 2) * kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
+  // O staging, same shape as Q: its own buffer after Q, over Q, or over V.
+  static constexpr int kOffO = kAliasO ? kOffQ : (kOverV ? kOffV : kOffQ + kQBytes);
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;
   static constexpr int kOffScratch = kOffBar + 8 * kNumBars;
   static constexpr int kSmemBytes = kOffBar + kTailBytes;
@@ -213,6 +233,7 @@ struct FwdConfig {
 enum FwdNamedBarrier : int {
   kBarSched0 = 1,  // issue token of consumer c: kBarSched0 + c (c < 3)
   kBarEpi0 = 4,    // per-consumer epilogue sync: kBarEpi0 + c (c < 3)
+  kBarVIdle = 7,   // O over V: every consumer's P.V of the tile retired
 };
 
 __device__ __forceinline__ int ceil_div_i(int a, int b) { return (a + b - 1) / b; }
@@ -304,6 +325,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* k_empty = bars + 2 + kS;
   uint64_t* v_full = bars + 2 + 2 * kS;
   uint64_t* v_empty = bars + 2 + 3 * kS;
+  uint64_t* o_empty = bars + 2 + 4 * kS;  // kOverV only
 
   const int tid = threadIdx.x;
   const int wg = tid / 128;
@@ -326,13 +348,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       mbar_init(&k_empty[s], 4 * C::kConsumers);
       mbar_init(&v_empty[s], 4 * C::kConsumers);
     }
+    if constexpr (C::kOverV) mbar_init(o_empty, C::kConsumers);
     mbar_init_fence();
   }
   // Panels with no data (head dims 136..192 on the 256 kernel): zero once,
   // never loaded or stored (sm90/panels.cuh). Compile-time all panels below 256.
   const int np = kD == 256 ? args.data_panels : C::kPanels;
   if constexpr (kD == 256) {
-    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, C::kAliasO ? 1 : 2, C::kPanelBytesM, np);
+    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, C::kAliasO || C::kOverV ? 1 : 2, C::kPanelBytesM,
+                                 np);
     zero_tail_panels<C::kPanels>(sK, C::kKVBytes, 2 * kS, C::kPanelBytesN, np);  // K and V rings
   }
   __syncthreads();
@@ -346,6 +370,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       prefetch_tmap(&args.tm_v);
       int g = 0;       // global K/V iteration
       int q_iter = 0;  // tiles with work so far
+      int o_iter = 0;  // kOverV: tiles the consumers visit (each stages an O) so far
+      // kOverV: tile o_iter - 1's O store has read the V ring.
+      auto wait_o_empty = [&]() {
+        if constexpr (C::kOverV) {
+          if (o_iter > 0) mbar_wait(o_empty, (o_iter - 1) & 1);
+        }
+      };
       for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {
         const int t = tile_index(round);
         if (t >= args.num_tiles) continue;
@@ -363,6 +394,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             mbar_arrive(q_full);
             ++q_iter;
           }
+          wait_o_empty();  // O over V: every visited tile's phase is waited, in order
+          ++o_iter;
           continue;
         }
         const int h_kv = tc.h / args.group;
@@ -394,6 +427,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
               tma_load_4d(sK + s * C::kKVBytes + p * C::kPanelBytesN, &args.tm_k, &k_full[s],
                           p * 64, n * kBN, h_kv, tc.b);
           }
+          if (it == 0) wait_o_empty();  // O over V: the previous tile's O is out of the ring
           mbar_wait(&v_empty[s], ph ^ 1);
           mbar_arrive_expect_tx(&v_full[s], np * C::kPanelBytesN);
 #pragma unroll
@@ -407,6 +441,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                           p * 64, n * kBN, h_kv, tc.b);
           }
         }
+        ++o_iter;
       }
     }
     return;
@@ -751,7 +786,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     }
     // The previous tile's TMA store must have finished reading the buffer.
     if (wthr == 0) tma_store_wait_read_all();
-    named_bar_sync(kBarEpi0 + cw, 128);
+    if constexpr (C::kOverV) {
+      // O over V: every consumer's P.V of this tile has retired (each
+      // consumer's O spans both V stages); no V load is in flight (the
+      // producer waits for o_empty first).
+      named_bar_sync(kBarVIdle, 128 * C::kConsumers);
+    } else {
+      named_bar_sync(kBarEpi0 + cw, 128);
+    }
     {
       // Accumulator pair (i, i+1), i = 4*(8p + c) + 2*hh, holds row row_local0 + 8*hh,
       // columns 64p + 8c + 2*quad + {0,1}: 16-byte chunk c of the row, swizzled.
@@ -783,6 +825,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
                        te.b);
       }
       tma_store_commit();
+      if constexpr (C::kOverV) {
+        tma_store_wait_read_all();  // O is out of the V ring: the producer may refill it
+        mbar_arrive(o_empty);
+      }
     }
     if constexpr (C::kAliasO) {
       // O over Q: this consumer's Q rows are free for the next tile's load

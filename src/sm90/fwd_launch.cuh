@@ -60,8 +60,8 @@ inline int fwd_block_n(int headdim) { return headdim == 256 ? 80 : 128; }
 //     split loses to the hardware's dynamic CTA scheduling (tiles are ordered
 //     heaviest first), so there one CTA per tile is launched; causal d64
 //     with 192-row tiles measured better persistent at every length.
-//     Head dim 256 stages O over Q, so a CTA cannot load the next tile's Q
-//     before the O store has drained: one CTA per tile (not measured).
+//     Head dim 256 (O staged over the V ring, so the next tile's Q and K
+//     load during the epilogue) follows the head dim 128 rule.
 struct FwdChoice {
   int consumers = 2;
   bool persistent = true;
@@ -71,9 +71,6 @@ inline FwdChoice choose_fwd(int headdim, bool causal, int seqlen_k) {
   if (headdim == 64) {
     c.consumers = (causal && seqlen_k <= 1024) ? 2 : 3;
     c.persistent = true;
-  } else if (headdim == 256) {
-    c.consumers = 2;
-    c.persistent = false;
   } else {
     c.consumers = 2;
     c.persistent = !causal || seqlen_k <= 1024;
