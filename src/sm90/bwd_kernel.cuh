@@ -42,13 +42,14 @@
 //                 (S^T of the next iteration issued here, BwdConfig::kIssueAhead)
 //                 dQ_w -> shared memory (dq_piece_offset layout, 16-byte
 //                        stores) -> one cp.reduce.async.bulk .add.f32 of 16 KB
-//                        into dq_accum (deterministic: by the writer warp)
+//                        into dq_accum (deterministic: by the piece's writer)
 //               Epilogue: dK * c and dV through shared memory and TMA stores
 //               (the store clips the key tail); written even when the block
 //               sees no query (zero gradients).
-//      Deterministic kernels: the reduce-adds are issued by a dQ writer warp
-//               (warp 1 of WG0) from staged pieces (dq_full / dq_empty
-//               mbarriers), see "Deterministic mode".
+//      Deterministic kernels: the reduce-adds are issued by two dQ writer
+//               threads (thread 32 for consumer 0's pieces, 64 for consumer
+//               1's: warps 1 and 2 of WG0) from staged pieces (dq_full /
+//               dq_empty mbarriers), see "Deterministic mode".
 // 3. bwd_postprocess_kernel: grid (ceil(Sq/kBlockM), Hq, B). dq = c * dq_accum
 //    in the output dtype, through a shared-memory transpose (16-byte stores).
 //
@@ -70,7 +71,7 @@
 //     the semaphores from word 4; zeroed by the preprocess): one int32 per
 //     (b, h, m, w), at row_offset(h, m) / 32 + w (row_offset: the chunk's
 //     first workspace row). The consumers stage their pieces in shared
-//     memory; the writer warp spins until a piece's semaphore equals the
+//     memory; the piece's writer thread spins until its semaphore equals the
 //     number of adds that come before this CTA's (ld.acquire.gpu), issues
 //     the reduce-add, frees the staging buffer once read, waits for the add
 //     to complete in global memory (cp.async.bulk.wait_group 0, not .read),
@@ -282,7 +283,7 @@ struct BwdConfig {
   static_assert(kBlockM * kHeadDim == (kSharedKeys ? 4 : 2) * kDQPieceFloats,
                 "a dQ chunk is two (d 256: four) 64x64 pieces");
   // Head dims 64 / 128: dQ is staged in shared memory and bulk-added
-  // (deterministic: by the writer warp, in turn). red.global.add.v4.f32 from
+  // (deterministic: by the writer threads, in turn). red.global.add.v4.f32 from
   // registers instead measured 2-3% slower at d128 non-causal (H200 A/B,
   // docs/perf.md) and spilled at d64. Head dim 256: dQ goes out by vector
   // reductions from registers (no staging fits); P^T crosses from consumer 0
@@ -302,7 +303,7 @@ struct BwdConfig {
   static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
   // barriers: kv_full, full[S], empty[S]
-  // + deterministic: dq_full[2], dq_empty[2] (consumer <-> dQ writer warp; head
+  // + deterministic: dq_full[2], dq_empty[2] (consumer w <-> its dQ writer; head
   //   dim 256: consumer <-> turn keeper, see bwd_consumer_d256.cuh)
   static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0);
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
@@ -640,34 +641,32 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
-    } else if (C::kDeterministic && !C::kSharedKeys && tid == 32) {
-      // dQ writer (deterministic): takes each iteration's two staged pieces
-      // in order, waits for its turn on each piece's semaphore, reduce-adds
-      // them, frees the staging buffers once read, and hands the turn on
-      // once the adds are complete in global memory. The consumers only wait
+    } else if (C::kDeterministic && !C::kSharedKeys && (tid == 32 || tid == 64)) {
+      // dQ writers (deterministic), one per consumer piece: thread 32 takes
+      // consumer 0's pieces, thread 64 (another warp) consumer 1's. Each waits
+      // for its staged piece, for its turn on the piece's semaphore,
+      // reduce-adds it, frees the staging buffer once read, and hands the turn
+      // on once the add is complete in global memory. The consumers only wait
       // for a free buffer, so the semaphore waits and the round trip of the
-      // adds overlap their next iteration's matmuls.
+      // adds overlap their next iteration's matmuls, and neither consumer's
+      // buffer waits for the other's piece (ncu: with one writer for both
+      // pieces, ~30% of the stall samples were consumers waiting for it).
+      const int w = tid / 32 - 1;
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
-        const int before = adds_before(hm.y);
-        const int64_t dst = row_offset(hm.x, hm.y) * kD;
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          mbar_wait(&dq_full[w], it & 1);
-          sem_wait_eq(dq_sem_of(hm.x, hm.y, w), before);
-          fence_proxy_async_global();  // the acquire orders the bulk add below
-          bulk_reduce_add_f32(args.dq_accum + dst + w * C::kDQPieceFloats,
-                              sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
-          tma_store_commit();
-        }
-        tma_store_wait_read_all();  // both buffers read: the consumers may refill them
-        mbar_arrive(&dq_empty[0]);
-        mbar_arrive(&dq_empty[1]);
-        bulk_wait_all();             // the adds are complete in global memory (not only read)
+        int* sem = dq_sem_of(hm.x, hm.y, w);
+        const int64_t dst = row_offset(hm.x, hm.y) * kD + w * C::kDQPieceFloats;
+        mbar_wait(&dq_full[w], it & 1);
+        sem_wait_eq(sem, adds_before(hm.y));
+        fence_proxy_async_global();  // the acquire orders the bulk add below
+        bulk_reduce_add_f32(args.dq_accum + dst, sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
+        tma_store_commit();
+        tma_store_wait_read_all();  // the piece is read: the consumer may refill the buffer
+        mbar_arrive(&dq_empty[w]);
+        bulk_wait_all();             // the add is complete in global memory (not only read)
         fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
         __threadfence();
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 0), 1);  // the next key block's turn
-        red_release_gpu_add_s32(dq_sem_of(hm.x, hm.y, 1), 1);
+        red_release_gpu_add_s32(sem, 1);  // the next key block's turn
       }
     } else if (C::kDeterministic && C::kSharedKeys && (tid == 32 || tid == 64)) {
       // Turn keepers (deterministic, head dim 256; bwd_consumer_d256.cuh):
@@ -990,8 +989,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       };
       auto stage_dq = [&](bool defer) {
         if constexpr (C::kDeterministic) {
-          // Staged for the writer warp (producer warpgroup), which adds it in
-          // turn; wait only until the writer has read this buffer's last piece.
+          // Staged for this consumer's writer thread (producer warpgroup), which
+          // adds it in turn; wait only until it has read this buffer's last piece.
           // One lane spins, then the warp reconverges: a spin by every thread
           // here (end of the loop body) also cost the uniform datapath.
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
