@@ -11,17 +11,24 @@ import json
 import os
 
 
+def load_file(path):
+    """The measured rows (status ok, with TFLOP/s) of one JSON-lines file."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            r = json.loads(line)
+            if r.get("status", "ok") == "ok" and r.get("tflops"):
+                rows.append(r)
+    return rows
+
+
 def load(results_dir):
     rows = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                r = json.loads(line)
-                if r.get("status", "ok") == "ok" and r.get("tflops"):
-                    rows.append(r)
+        rows += load_file(path)
     return rows
 
 

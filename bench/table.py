@@ -8,20 +8,18 @@ Usage: python3 bench/table.py compare.jsonl [--targets targets-vs-cudnn.json]
 """
 import argparse
 import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot import load_file  # noqa: E402  (the JSON-lines reader)
 
 
 def load(path):
     best = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            r = json.loads(line)
-            if r.get("status", "ok") != "ok" or not r.get("tflops"):
-                continue
-            key = (r["mode"], r["headdim"], int(bool(r["causal"])), r["seqlen"], r["impl"])
-            best[key] = r  # the last measurement of a point wins
+    for r in load_file(path):
+        key = (r["mode"], r["headdim"], int(bool(r["causal"])), r["seqlen"], r["impl"])
+        best[key] = r  # the last measurement of a point wins
     return best
 
 
