@@ -27,21 +27,8 @@
 //
 // Pipelines (mbarriers, explicit phase parity):
 //   q_full  count 1 + tx bytes; q_empty count 4*kConsumers (every consumer
-//           warp, after its last Q K^T of the tile, or after loading its Q
-//           fragments). Tile j with work uses parity j & 1.
-//   Cross-tile (kCrossTile: overlap on, head dims 64 and 128): when the next
-//           round's tile has work, each consumer, once its last P.V of this
-//           tile has retired and O / l is packed to 16 bits, waits for the
-//           next tile's Q and first K block and issues that tile's first
-//           Q K^T (outside any turn), then stores O while it runs; the next
-//           tile's prologue uses that S and skips its turn. So the tensor
-//           pipe has work during the O stores, and no turn is waited for
-//           between tiles. Every consumer makes the same decision from the
-//           tile order, so the consumers take equal turns. At head dim 128
-//           the next Q is long resident (Q in registers is released at the
-//           tile's start); at 64 it loads after this tile's last Q K^T (a
-//           second Q buffer cost the K/V loop its uniform-register
-//           descriptors: docs/perf.md, 2026-12-02).
+//           warp, after its last Q K^T of the tile). Tile j with work uses
+//           parity j & 1.
 //   O over Q (kAliasO, head dim 256): consumer c stages its O in its own 64
 //           rows of the Q buffer (only its own Q K^T reads them, and the
 //           wgmma.wait_group before the epilogue has retired those reads).
@@ -208,10 +195,6 @@ struct FwdConfig {
   // Head dim 256: O staged over the V ring (see "O over V" in the header
   // comment), so the next tile's Q loads during the epilogue.
   static constexpr bool kOverV = kHeadDim_ == 256;
-  // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
-  // ldmatrix, Q released right after): the Q K^T wgmmas read only K from
-  // shared memory.
-  static constexpr bool kQInRegs = kQInRegs_;
   // barriers: q_full, q_empty, k_full[S], k_empty[S], v_full[S], v_empty[S],
   // o_empty (kOverV)
   static constexpr int kNumBars = 2 + 4 * kStages + (kOverV ? 1 : 0);
@@ -228,15 +211,11 @@ struct FwdConfig {
   static constexpr bool kAliasO =
       !kOverV && 2 * kQBytes + 2 * kStages * kKVBytes + kTailBytes > 227 * 1024;
   static_assert(!kOverV || kStages * kKVBytes >= kQBytes, "O over V: O fits the V ring");
+  // Q K^T with Q from registers (RS wgmma; fragments loaded once per tile by
+  // ldmatrix, Q released right after): the Q K^T wgmmas read only K from
+  // shared memory.
+  static constexpr bool kQInRegs = kQInRegs_;
   static_assert(!(kQInRegs && kAliasO), "Q in registers releases Q early: not with O over Q");
-  // Cross-tile issue (see "Cross-tile" in the header comment): the next
-  // tile's first Q K^T goes out before this tile's O stores. Not with O over
-  // Q or V (the next Q, or the ring, is busy with O until the store).
-  // Measured (docs/perf.md, 2026-12-02): +1.5-7% at head dim 64 non-causal
-  // from 1k keys; 3-10% slower on short causal calls and neutral at head dim
-  // 128, so only head dim 64 non-causal issues across tiles.
-  static constexpr bool kCrossTile =
-      kOverlap_ && !kOverV && !kAliasO && kHeadDim_ == 64 && !kCausal_;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffQ = 0;
@@ -559,13 +538,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     __syncwarp();
     release(q_empty);
   };
-  // Wait for the next tile-with-work's Q (and load its fragments).
-  int q_iter = 0;  // tiles with work so far
-  auto acquire_q = [&]() {
-    mbar_wait(q_full, q_iter & 1);
-    ++q_iter;
-    if constexpr (C::kQInRegs) load_q_frags();
-  };
 
   // Online softmax on s_acc (in place: scores -> unnormalised probabilities).
   // Returns whether O must be rescaled, and the per-row factors.
@@ -637,20 +609,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         p_frag[kk][j] = pack2<T>(s_acc[acc_reg_for_a(kk, j, 0)], s_acc[acc_reg_for_a(kk, j, 1)]);
   };
 
-  int g = 0;  // global K/V iteration (same sequence as the producer's)
-  // Cross-tile: whether the next round's tile has work (its first Q K^T can
-  // then go out in this tile's last P.V turn). Every consumer decides alike.
-  auto next_round_has_work = [&](int round) -> bool {
-    const int tn = tile_index(round);
-    if (tn >= args.num_tiles) return false;
-    const TileCoord cn = tile_coord<C::kCausal>(args, tn);
-    const int m0n = cn.m_block * kBM;
-    const SeqInfo sn = seq_info(args, cn.b);
-    if (m0n >= sn.sq) return false;
-    const BlockRange bn = block_range<C::kCausal, kBM, kBN>(args, m0n, sn.sq, sn.sk);
-    return bn.n_hi > bn.n_lo;
-  };
-  bool s_issued = false;  // this tile's first Q K^T went out in the previous tile's last turn
+  int g = 0;       // global K/V iteration (same sequence as the producer's)
+  int q_iter = 0;  // tiles with work so far
   for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {
     const int t = tile_index(round);
     if (t >= args.num_tiles) continue;
@@ -689,117 +649,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       }
     };
 
-    // ----------------------------------------------------------- epilogue
-    // In parts, so that a next S in flight (cross-tile) overlaps the stores
-    // without O's fp32 accumulators live beside it (S, Q's fragments and fp32
-    // O exceed ptxas's 168-register budget at head dim 128: it then moves the
-    // loop's descriptor math onto vector registers, an R2UR pair before every
-    // HGMMA, measured 6-12% slower):
-    //   epilogue_pack   LSE, and O / l packed to 16 bits (kNO / 2 registers)
-    //   epilogue_sync   the staging buffer is free
-    //   epilogue_store  the packed O through shared memory and a TMA store
-    // With a next S in flight the epilogue runs before the paths merge (no
-    // path may merge with wgmma accumulators in flight: ptxas would
-    // serialise every wgmma of the kernel); otherwise after the tile.
-    uint32_t o_pk[kNO / 2];  // pair j = i / 2 of accumulators (i, i + 1), see the store
-    struct EpiCoords {
-      TileCoord te;
-      SeqInfo se;
-      int m0e;
-    };
-    // Tile coordinates are recomputed here (from a fenced copy of t) rather
-    // than kept live across the main loop: it frees registers there.
-    auto epilogue_coords = [&]() -> EpiCoords {
-      int t_epi = t;
-      asm volatile("" : "+r"(t_epi));
-      EpiCoords ec;
-      ec.te = tile_coord<C::kCausal>(args, t_epi);
-      ec.m0e = ec.te.m_block * kBM;
-      ec.se = seq_info(args, ec.te.b);
-      return ec;
-    };
-    auto epilogue_pack = [&](const EpiCoords& ec) {
-      float inv[2];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const float l = l_row[hh];
-        inv[hh] = l > 0.f ? 1.f / l : 0.f;
-        if (args.lse != nullptr && quad == 0) {
-          const int row = ec.m0e + row_tile0 + 8 * hh;
-          if (row < ec.se.sq) {
-            const float lse =
-                l > 0.f ? (m_ref[hh] * c_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
-            args.lse[static_cast<int64_t>(ec.te.b) * args.lse_batch_stride +
-                     static_cast<int64_t>(ec.te.h) * args.lse_head_stride + ec.se.q_start + row] =
-                lse;
-          }
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kNO / 2; ++j)
-        o_pk[j] = pack2<T>(o[2 * j] * inv[j & 1], o[2 * j + 1] * inv[j & 1]);
-    };
-    // The staging buffer is free: the previous tile's TMA store has read it
-    // (and, O over V, every consumer's P.V of this tile has retired; no V
-    // load is in flight: the producer waits for o_empty first).
-    auto epilogue_sync = [&]() {
-      if (wthr == 0) tma_store_wait_read_all();
-      if constexpr (C::kOverV)
-        named_bar_sync(kBarVIdle, 128 * C::kConsumers);
-      else
-        named_bar_sync(kBarEpi0 + cw, 128);
-    };
-    auto epilogue_store = [&](const EpiCoords& ec) {
-      {
-        // Accumulator pair (i, i+1), i = 4*(8p + c) + 2*hh, holds row row_local0 + 8*hh,
-        // columns 64p + 8c + 2*quad + {0,1}: 16-byte chunk c of the row, swizzled.
-        const uint32_t r7 = static_cast<uint32_t>(row_local0 & 7);
-        uint8_t* row_base = sO_mine + row_local0 * 128 + quad * 4;
-#pragma unroll
-        for (int p = 0; p < C::kPanels; ++p)
-#pragma unroll
-          for (int c = 0; c < 8; ++c)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh)
-              *reinterpret_cast<uint32_t*>(row_base + p * C::kPanelBytesM + hh * 8 * 128 +
-                                           ((static_cast<uint32_t>(c) ^ r7) << 4)) =
-                  o_pk[2 * (8 * p + c) + hh];
-      }
-      fence_proxy_async_smem();
-      named_bar_sync(kBarEpi0 + cw, 128);
-      if (wthr == 0) {
-#pragma unroll
-        for (int p = 0; p < C::kPanels; ++p) {
-          if (p >= np) continue;
-          if (args.q_ragged)
-            tma_store_5d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64,
-                         ec.se.q_row + ec.m0e + cw * 64, ec.te.h, ec.se.mb, ec.se.q_ext);
-          else
-            tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, ec.m0e + cw * 64,
-                         ec.te.h, ec.te.b);
-        }
-        tma_store_commit();
-        if constexpr (C::kOverV) {
-          tma_store_wait_read_all();  // O is out of the V ring: the producer may refill it
-          mbar_arrive(o_empty);
-        }
-      }
-      if constexpr (C::kAliasO) {
-        // O over Q: this consumer's Q rows are free for the next tile's load
-        // once the store has read them.
-        if (wthr == 0) tma_store_wait_read_all();
-        named_bar_sync(kBarEpi0 + cw, 128);
-        release(q_empty);
-      }
-    };
-    auto epilogue = [&]() {
-      const EpiCoords ec = epilogue_coords();
-      epilogue_sync();
-      epilogue_pack(ec);
-      epilogue_store(ec);
-    };
-
-    bool epi_done = false;
 #pragma unroll
     for (int i = 0; i < kNO; ++i) o[i] = 0.f;
     m_ref[0] = m_ref[1] = -INFINITY;
@@ -814,20 +663,20 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     }
     if (n_blocks > 0) {
       if constexpr (!C::kAliasO) {
-        if (!s_issued) acquire_q();
+        mbar_wait(q_full, q_iter & 1);
+        ++q_iter;
+        if constexpr (C::kQInRegs) load_q_frags();
       }
       if constexpr (C::kOverlap) {
-        // Prologue: block n_blocks-1 (its Q K^T already in flight if s_issued).
+        // Prologue: block n_blocks-1.
         {
           const int s = g % kS;
           const uint32_t ph = (g / kS) & 1;
-          if (!s_issued) {
-            mbar_wait(&k_full[s], ph);
-            sched_wait();
-            issue_qk(s);
-            sched_pass();
-            wgmma_wait_group<0>();
-          }  // else waited at the end of the previous tile, after its epilogue
+          mbar_wait(&k_full[s], ph);
+          sched_wait();
+          issue_qk(s);
+          sched_pass();
+          wgmma_wait_group<0>();
           reg_fence_array(s_acc);
           release(&k_empty[s]);
           if (n_blocks == 1) release_q_after_qk();
@@ -875,9 +724,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const int sl = gl % kS;
         const uint32_t phl = (gl / kS) & 1;
         mbar_wait(&v_full[sl], phl);
-        // Cross-tile: the next tile's first Q K^T runs during this tile's O
-        // stores. Each path waits for all its wgmmas before the paths merge
-        // (see the epilogue).
         sched_wait();
         if (pend_need) rescale_o(pend_scale);
         issue_pv(sl);
@@ -885,26 +731,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         wgmma_wait_group<0>();
         reg_fence_array(o);
         release(&v_empty[sl]);
-        bool next_issue = false;
-        // Through a warp reduction, a provably warp-uniform value (a
-        // precaution: docs/design.md, "Uniform datapath").
-        if constexpr (C::kCrossTile)
-          next_issue = __reduce_max_sync(0xffffffffu, next_round_has_work(round + 1) ? 1u : 0u) != 0u;
-        if (next_issue) {
-          const int gn = g + n_blocks;
-          const EpiCoords ec = epilogue_coords();
-          epilogue_pack(ec);
-          acquire_q();
-          mbar_wait(&k_full[gn % kS], (gn / kS) & 1);
-          // The next tile's first S, outside any turn (every consumer skips
-          // that tile's prologue turn), while this tile's O goes out.
-          issue_qk(gn % kS);
-          epilogue_sync();
-          epilogue_store(ec);
-          wgmma_wait_group<0>();
-        }
-        epi_done = next_issue;  // else the epilogue follows the tile, as without cross-tile
-        s_issued = next_issue;
       } else {
         for (int it = 0; it < n_blocks; ++it) {
           const int n = br.n_hi - 1 - it;
@@ -935,7 +761,82 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       g += n_blocks;
     }
 
-    if (!epi_done) epilogue();
+    // ----------------------------------------------------------- epilogue
+    // Tile coordinates are recomputed here (from a fenced copy of t) rather
+    // than kept live across the main loop: it frees registers there.
+    int t_epi = t;
+    asm volatile("" : "+r"(t_epi));
+    const TileCoord te = tile_coord<C::kCausal>(args, t_epi);
+    const int m0e = te.m_block * kBM;
+    const SeqInfo se = seq_info(args, te.b);
+    float inv[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float l = l_row[hh];
+      inv[hh] = l > 0.f ? 1.f / l : 0.f;
+      if (args.lse != nullptr && quad == 0) {
+        const int row = m0e + row_tile0 + 8 * hh;
+        if (row < se.sq) {
+          const float lse =
+              l > 0.f ? (m_ref[hh] * c_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+          args.lse[static_cast<int64_t>(te.b) * args.lse_batch_stride +
+                   static_cast<int64_t>(te.h) * args.lse_head_stride + se.q_start + row] = lse;
+        }
+      }
+    }
+    // The previous tile's TMA store must have finished reading the buffer.
+    if (wthr == 0) tma_store_wait_read_all();
+    if constexpr (C::kOverV) {
+      // O over V: every consumer's P.V of this tile has retired (each
+      // consumer's O spans both V stages); no V load is in flight (the
+      // producer waits for o_empty first).
+      named_bar_sync(kBarVIdle, 128 * C::kConsumers);
+    } else {
+      named_bar_sync(kBarEpi0 + cw, 128);
+    }
+    {
+      // Accumulator pair (i, i+1), i = 4*(8p + c) + 2*hh, holds row row_local0 + 8*hh,
+      // columns 64p + 8c + 2*quad + {0,1}: 16-byte chunk c of the row, swizzled.
+      const uint32_t r7 = static_cast<uint32_t>(row_local0 & 7);
+      uint8_t* row_base = sO_mine + row_local0 * 128 + quad * 4;
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p)
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = 4 * (8 * p + c) + 2 * hh;
+            *reinterpret_cast<uint32_t*>(row_base + p * C::kPanelBytesM + hh * 8 * 128 +
+                                         ((static_cast<uint32_t>(c) ^ r7) << 4)) =
+                pack2<T>(o[i] * inv[hh], o[i + 1] * inv[hh]);
+          }
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(kBarEpi0 + cw, 128);
+    if (wthr == 0) {
+#pragma unroll
+      for (int p = 0; p < C::kPanels; ++p) {
+        if (p >= np) continue;
+        if (args.q_ragged)
+          tma_store_5d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64,
+                       se.q_row + m0e + cw * 64, te.h, se.mb, se.q_ext);
+        else
+          tma_store_4d(&args.tm_o, sO_mine + p * C::kPanelBytesM, p * 64, m0e + cw * 64, te.h,
+                       te.b);
+      }
+      tma_store_commit();
+      if constexpr (C::kOverV) {
+        tma_store_wait_read_all();  // O is out of the V ring: the producer may refill it
+        mbar_arrive(o_empty);
+      }
+    }
+    if constexpr (C::kAliasO) {
+      // O over Q: this consumer's Q rows are free for the next tile's load
+      // once the store has read them.
+      if (wthr == 0) tma_store_wait_read_all();
+      named_bar_sync(kBarEpi0 + cw, 128);
+      release(q_empty);
+    }
   }
   if constexpr (C::kPingPong) {
     if (cw == 0) named_bar_sync(kBarSched0, 256);  // absorb the last consumer's final pass
