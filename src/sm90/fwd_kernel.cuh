@@ -109,6 +109,7 @@
 #pragma once
 #include <cuda.h>
 #include <cstdint>
+#include "sm90/fast_div.hpp"
 #include "sm90/fragments.hpp"
 #include "sm90/ptx.cuh"
 #include "sm90/panels.cuh"
@@ -142,6 +143,9 @@ struct FwdKernelArgs {
   int num_hb;          // Hq * B
   int heads_per_section;  // causal tile order: (b,h) pairs per L2 section
   int num_tiles;       // num_m_blocks * num_hb (< 2^31, checked on the host)
+  // The tile order's divisors as multiply-high divisions (sm90/fast_div.hpp):
+  // num_m_blocks, heads_q, num_m_blocks * heads_per_section, heads_per_section.
+  FastDiv div_m_blocks, div_heads_q, div_section, div_heads_per_section;
   float scale_log2;    // exp2 multiplier, > 0: softmax_scale*log2(e), or softcap*log2(e)
   int data_panels;     // ceil(D / 64): the 64-column panels with data (sm90/panels.cuh)
 };
@@ -246,23 +250,27 @@ struct TileCoord {
 // one head's K/V in L2. Causal: (b,h) pairs in sections of
 // heads_per_section (sized on the host so a section's K/V fits in L2);
 // inside a section heaviest m-blocks first, pairs fastest.
+// (Divisions by the launch's fixed divisors are multiply-high divisions: the
+// coordinates are computed between tiles, on the consumers' critical path.)
 template <bool kCausal>
 __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
   int m, hb;
   if constexpr (!kCausal) {
-    hb = t / a.num_m_blocks;
+    hb = a.div_m_blocks.div(t);
     m = t - hb * a.num_m_blocks;
   } else {
     const int per_sec = a.num_m_blocks * a.heads_per_section;
-    const int sec = t / per_sec;
+    const int sec = a.div_section.div(t);
     const int r = t - sec * per_sec;
     const int hs = min(a.heads_per_section, a.num_hb - sec * a.heads_per_section);
-    m = a.num_m_blocks - 1 - r / hs;
-    hb = sec * a.heads_per_section + r % hs;
+    // the last section may hold fewer pairs: a plain division there
+    const int q = hs == a.heads_per_section ? a.div_heads_per_section.div(r) : r / hs;
+    m = a.num_m_blocks - 1 - q;
+    hb = sec * a.heads_per_section + (r - q * hs);
   }
   TileCoord c;
   c.m_block = m;
-  c.b = hb / a.heads_q;
+  c.b = a.div_heads_q.div(hb);
   c.h = hb - c.b * a.heads_q;
   return c;
 }

@@ -114,6 +114,10 @@ inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int se
   a->heads_per_section = static_cast<int>(hs < 1 ? 1 : hs);
   // Callers guarantee num_m_blocks * num_hb < 2^31 (sm90_fwd_supported checks it).
   a->num_tiles = a->num_m_blocks * a->num_hb;
+  a->div_m_blocks = FastDiv(a->num_m_blocks);
+  a->div_heads_q = FastDiv(a->heads_q);
+  a->div_section = FastDiv(a->num_m_blocks * a->heads_per_section);
+  a->div_heads_per_section = FastDiv(a->heads_per_section);
   FwdLaunch l;
   int64_t grid = a->num_tiles;
   if (persistent && num_sms > 0 && grid > num_sms) grid = num_sms;
