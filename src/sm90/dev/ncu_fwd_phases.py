@@ -1,53 +1,90 @@
 #!/usr/bin/env python3
-# Share of ncu stall samples per phase of the Hopper forward kernel (producer,
-# tile start, first block, K/V loop, last P.V, epilogue): maps each profiled SASS
-# instruction to its outermost fwd_kernel.cuh line through a -lineinfo build of
-# the same kernel (nvdisasm -gi -c), then the line to a phase by markers in the
-# source. The SASS must match the profiled kernel instruction for instruction.
-# Usage: ncu_fwd_phases.py PROFILE.sass.csv.gz LOCAL.sass fwd_kernel.cuh
-import csv, gzip, re, sys
-prof, sass, kern = sys.argv[1], sys.argv[2], sys.argv[3]
-rows=list(csv.reader(gzip.open(prof,'rt')))
-hdr=rows[1]; data=rows[2:]
-ia=hdr.index('Address'); isamp=hdr.index('Warp Stall Sampling (All Samples)'); isrc=hdr.index('Source')
-base=int(data[0][ia],16)
-loc={}; cur=None
-for l in open(sass):
-    if '## File' in l:
-        pairs=re.findall(r'"[^"]*/([^"/]+)", line (\d+)',l)
-        fk=[int(n) for f,n in pairs if f=='fwd_kernel.cuh']
-        cur=fk[-1] if fk else None; continue
-    m=re.match(r'\s*/\*([0-9a-f]{4})\*/\s*(\S+)',l)
-    if m: loc[int(m.group(1),16)]=(cur,m.group(2))
-src=open(kern).read().split('\n')
-def find(pat, start=0):
-    for i,l in enumerate(src[start:],start+1):
-        if pat in l: return i
-    raise SystemExit(pat)
-prod0=find('// ------------------------------------------------------------ producer')
-cons0=find('// -------------------------------------------------------------- consumers')
-roundc=find('for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {', cons0)
-prolog=find('// Prologue: block n_blocks-1.', roundc)
-loop=find('for (int it = 1; it < n_blocks; ++it) {', prolog)
-final=find('const int gl = g + n_blocks - 1;', loop)
-epi=find('// ----------------------------------------------------------- epilogue', final)
-end=find('if (cw == 0) named_bar_sync(kBarSched0, 256);', epi)
-def phase(li):
-    if li is None: return 'other'
-    if prod0 <= li < cons0: return 'producer'
-    if li < cons0: return 'setup'
-    if li < roundc: return 'consumer lambdas (softmax etc., inlined)'
-    if li < prolog: return 'tile start (coords, Q wait)'
-    if li < loop: return 'prologue (first block)'
-    if li < final: return 'K/V loop'
-    if li < epi: return 'last P.V'
-    if li < end: return 'epilogue'
-    return 'end'
-tot=sum(int(r[isamp] or 0) for r in data)
-agg={}
-for r in data:
-    off=int(r[ia],16)-base; s=int(r[isamp] or 0)
-    li,op=loc.get(off,(None,''))
-    agg[phase(li)]=agg.get(phase(li),0)+s
-for k,v in sorted(agg.items(), key=lambda x:-x[1]):
-    print(f"  {100*v/tot:5.1f}%  {k}")
+"""Share of ncu stall samples per phase of the Hopper forward kernel (producer,
+tile start, first block, K/V loop, last P.V, epilogue).
+
+Each profiled SASS instruction is mapped to its outermost fwd_kernel.cuh line
+through a -lineinfo build of the same kernel (`nvdisasm -gi -c`), then the line
+to a phase by markers in the source. The local SASS must match the profiled
+kernel instruction for instruction (checked: opcode mismatches are reported).
+
+Usage: python3 src/sm90/dev/ncu_fwd_phases.py PROFILE.sass.csv[.gz] LOCAL.sass fwd_kernel.cuh
+"""
+import collections
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ncu_stalls import read_export  # noqa: E402
+
+# (marker in fwd_kernel.cuh, phase of the lines from it on), in source order.
+MARKERS = [
+    ("// ------------------------------------------------------------ producer", "producer"),
+    ("// -------------------------------------------------------------- consumers",
+     "consumer lambdas (softmax etc., inlined)"),
+    ("for (int round = 0; round * static_cast<int>(gridDim.x) < args.num_tiles; ++round) {",
+     "tile start (coordinates, Q wait)"),
+    ("// Prologue: block n_blocks-1.", "first block"),
+    ("for (int it = 1; it < n_blocks; ++it) {", "K/V loop"),
+    ("const int gl = g + n_blocks - 1;", "last P.V"),
+    ("// ----------------------------------------------------------- epilogue", "epilogue"),
+    ("if (cw == 0) named_bar_sync(kBarSched0, 256);", "end"),
+]
+
+
+def phase_starts(kernel_src):
+    lines = open(kernel_src).read().split("\n")
+    starts, at = [], 0
+    for marker, name in MARKERS:
+        at = next(i for i in range(at, len(lines)) if marker in lines[i]) + 1  # 1-based
+        starts.append((at, name))
+    return starts
+
+
+def local_lines(sass_path):
+    """offset -> (outermost fwd_kernel.cuh line or None, opcode)."""
+    loc, cur = {}, None
+    for l in open(sass_path):
+        if "## File" in l:
+            pairs = re.findall(r'"[^"]*/([^"/]+)", line (\d+)', l)
+            fk = [int(n) for f, n in pairs if f == "fwd_kernel.cuh"]
+            cur = fk[-1] if fk else None
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*)", l)
+        if m:
+            loc[int(m.group(1), 16)] = (cur, opcode(m.group(2)))
+    return loc
+
+
+def opcode(instruction):
+    """The opcode of a SASS instruction text, after any @predicate."""
+    words = instruction.split()
+    if words and words[0].startswith("@"):
+        words = words[1:]
+    return words[0].rstrip(";") if words else ""
+
+
+def main():
+    prof, sass, kernel_src = sys.argv[1:4]
+    _, ix, data = read_export(prof)
+    starts = phase_starts(kernel_src)
+    loc = local_lines(sass)
+    base = int(data[0][ix["Address"]], 16)
+    samples = lambda r: int(r[ix["Warp Stall Sampling (All Samples)"]] or 0)
+    by_phase, mismatched = collections.Counter(), 0
+    for r in data:
+        line, local_opcode = loc.get(int(r[ix["Address"]], 16) - base, (None, ""))
+        mismatched += opcode(r[ix["Source"]]) != local_opcode
+        name = "other" if line is None else "setup"
+        for first, n in starts:
+            if line is not None and line >= first:
+                name = n
+        by_phase[name] += samples(r)
+    total = sum(by_phase.values()) or 1
+    print(f"{len(data)} instructions, {mismatched} with another opcode in the local SASS")
+    for name, v in by_phase.most_common():
+        print(f"  {100 * v / total:5.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,16 +11,21 @@ import gzip
 import sys
 
 
-def main():
-    path = sys.argv[1]
-    top_n = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+def read_export(path):
+    """(column names, {name: index}, data rows) of a per-SASS export, plain or .gz."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
         rows = list(csv.reader(f))
     head = next(i for i, r in enumerate(rows) if r and r[0] == "Address")
     cols = rows[head]
     data = [r for r in rows[head + 1:] if len(r) == len(cols)]
-    ix = {c: i for i, c in enumerate(cols)}
+    return cols, {c: i for i, c in enumerate(cols)}, data
+
+
+def main():
+    path = sys.argv[1]
+    top_n = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    cols, ix, data = read_export(path)
     total_col = "Warp Stall Sampling (All Samples)"
     reasons = [c for c in cols if c.startswith("stall_") and "Not Issued" not in c]
     count = lambda r, c: int(r[ix[c]] or 0)
