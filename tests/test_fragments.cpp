@@ -59,6 +59,42 @@ TEST(Fragments, LdmatrixOffsetsDeliverTheWgmmaAFragment) {
   }
 }
 
+// stmatrix.x4 semantics (PTX ISA): lane t addresses row t % 8 of matrix t / 8;
+// lane l's register m holds elements (l / 4, 2 (l % 4) + e) of matrix m.
+// Storing accumulator pairs stmatrix_c_reg at stmatrix_c_offset must put every
+// accumulator element of the warpgroup where sw128_byte_offset says its
+// (row, column) lives, each exactly once; and the XOR shortcut must agree.
+TEST(Fragments, StmatrixOffsetsStoreTheAccumulatorSwizzled) {
+  using namespace flash4::sm90;
+  for (int panels : {1, 2, 4}) {
+    const uint32_t panel_bytes = 128 * 128;
+    std::set<uint32_t> seen;
+    for (int warp = 0; warp < 4; ++warp)
+      for (int p = 0; p < panels; ++p)
+        for (int c0 = 0; c0 < 8; c0 += 2)
+          for (int lane = 0; lane < 32; ++lane) {
+            ASSERT_EQ(stmatrix_c_offset(warp, lane, c0),
+                      stmatrix_c_offset(warp, lane, 0) ^ (16u * static_cast<uint32_t>(c0)));
+            for (int m = 0; m < 4; ++m)
+              for (int e = 0; e < 2; ++e) {
+                const int src_lane = 8 * m + lane / 4;  // the lane that addresses this row
+                const uint32_t off = static_cast<uint32_t>(p) * panel_bytes +
+                                     stmatrix_c_offset(warp, src_lane, c0) +
+                                     4u * static_cast<uint32_t>(lane % 4) +
+                                     2u * static_cast<uint32_t>(e);
+                const RowCol got = decode_sw128(off, panel_bytes);
+                const int reg = stmatrix_c_reg(8 * p + c0, m) + e;
+                ASSERT_LT(reg, panels * 32);
+                const RowCol want = wgmma_c_elem(warp, lane, reg);
+                ASSERT_EQ(got.row, want.row) << "warp " << warp << " c0 " << c0 << " lane " << lane;
+                ASSERT_EQ(got.col, want.col) << "warp " << warp << " c0 " << c0 << " lane " << lane;
+                EXPECT_TRUE(seen.insert(off).second);
+              }
+          }
+    EXPECT_EQ(seen.size(), static_cast<size_t>(64 * 64 * panels));
+  }
+}
+
 // P = S packed to 16 bits feeds the next wgmma as its A operand from the same
 // registers: accumulator register acc_reg_for_a(kk, j, e) must hold the element
 // that A register j, element e of k step kk stands for.

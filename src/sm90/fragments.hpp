@@ -53,6 +53,23 @@ FLASH4_HD constexpr uint32_t ldmatrix_a_offset(int warp, int lane, int kk, uint3
                            static_cast<uint32_t>((kk % 4) * 16 + 8 * (lane / 16)));
 }
 
+// stmatrix.x4 that stores accumulator columns [8 c0, 8 c0 + 16) (c0 even,
+// within a 64-column panel) of warp w's 16 rows into a 128B-swizzled panel:
+// the byte offset, from the warpgroup's first row (a multiple of 8 rows from
+// the panel base), of the 16-byte row piece lane l addresses. Matrix m = l / 8
+// covers rows 8 (m & 1) .. +7 of the warp's 16 and 8-column chunk
+// c0 + (m >> 1); its register is the accumulator pair stmatrix_c_reg.
+// For even c0 the offset is stmatrix_c_offset(w, l, 0) ^ (16 c0): the kernel
+// computes one offset per thread and XORs the chunk in.
+FLASH4_HD constexpr uint32_t stmatrix_c_offset(int warp, int lane, int c0) {
+  return sw128_byte_offset(static_cast<uint32_t>(16 * warp + 8 * ((lane / 8) & 1) + (lane & 7)),
+                           static_cast<uint32_t>(8 * (c0 + lane / 16)));
+}
+// First accumulator register (of a pair, packed to 16 bits) that stmatrix
+// register m stores for chunk c0 (counted over the whole accumulator: panel p
+// has chunks 8p .. 8p + 7).
+FLASH4_HD constexpr int stmatrix_c_reg(int c0, int m) { return 4 * (c0 + (m >> 1)) + 2 * (m & 1); }
+
 // dq_accum piece layout of the backward (64 x 64 fp32 wgmma accumulator
 // fragments): register i of thread t (0..127) is float (i / 4) 512 + 4 t + i % 4
 // of its 4096-float piece, so a thread's registers 4g..4g+3 are 16 contiguous

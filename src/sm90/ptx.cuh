@@ -312,6 +312,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr
                : "memory");
 }
 
+// stmatrix .x4 (16-bit elements), the inverse of ldmatrix: thread t gives the
+// shared address of row t % 8 of 8x8 matrix t / 8; r[j] holds matrix j's
+// elements (row l/4, columns 2(l%4), 2(l%4)+1) for lane l.
+__device__ __forceinline__ void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // ---------------------------------------------------------------------------
 // Register reconfiguration (whole warpgroup; needs a register cap at entry,
 // i.e. __launch_bounds__(threads, 1)).
