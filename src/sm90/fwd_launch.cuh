@@ -31,14 +31,16 @@ cudaError_t launch_fwd(const FwdKernelArgs& args, const FwdLaunch& l, cudaStream
 
 // What the library ships, per (head dim, dtype, causal, consumer count,
 // softcap): intra-warpgroup overlap + ping-pong, exact rescale skipping
-// (threshold 0), MUFU exp2, 2 K/V stages. Head dim 256 (128x80 tiles, O
-// staged over Q) runs without ping-pong, as FA3 does there: its wgmmas are
-// long next to the softmax of a 64x80 block (not measured here).
+// (threshold 0), MUFU exp2, K/V stages: 3 at head dim 64 (its short blocks
+// waited on K/V loads at 512; +0-2.4% at 512-4k on the H200, docs/perf.md),
+// 2 otherwise (shared memory). Head dim 256 (128x80 tiles, O staged over V)
+// runs without ping-pong, as FA3 does there: its wgmmas are long next to the
+// softmax of a 64x80 block (not measured here).
 // Head dim 128 keeps Q in registers (RS Q K^T: +4-5% on H100, docs/perf.md).
 template <int kD>
 constexpr bool kShippedQInRegs = kD == 128;
 template <int kD, typename T, bool kCausal, int kConsumers, bool kSoftcap = false>
-using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ 2, /*overlap*/ true,
+using ShippedFwdConfig = FwdConfig<kD, T, kCausal, /*stages*/ (kD == 64 ? 3 : 2), /*overlap*/ true,
                                    /*pingpong*/ kD != 256, /*rescale threshold*/ 0,
                                    /*exp2 emulation*/ 0, kConsumers, kSoftcap,
                                    /*block_n*/ 0, kShippedQInRegs<kD>>;
