@@ -11,10 +11,11 @@
 #pragma once
 #include <cstdint>
 
+// (Its own macro: sm90/fragments.hpp defines FLASH4_HD without forceinline.)
 #if defined(__CUDACC__)
-#define FLASH4_HD __host__ __device__ __forceinline__
+#define FLASH4_FAST_DIV_FN __host__ __device__ __forceinline__
 #else
-#define FLASH4_HD inline
+#define FLASH4_FAST_DIV_FN inline
 #endif
 
 namespace flash4 {
@@ -27,7 +28,7 @@ struct FastDiv {
 
   FastDiv() = default;
   // d < 1 is treated as 1 (callers pass counts that may be 0 when there is no work).
-  FLASH4_HD explicit FastDiv(int d) {
+  FLASH4_FAST_DIV_FN explicit FastDiv(int d) {
     divisor = d < 1 ? 1u : static_cast<uint32_t>(d);
     uint32_t l = 0;
     while ((uint64_t(1) << l) < divisor) ++l;
@@ -36,7 +37,7 @@ struct FastDiv {
         ((uint64_t(1) << 32) * ((uint64_t(1) << l) - divisor)) / divisor + 1);
   }
   // n / divisor for 0 <= n < 2^31.
-  FLASH4_HD int div(int n) const {
+  FLASH4_FAST_DIV_FN int div(int n) const {
     const uint32_t un = static_cast<uint32_t>(n);
 #if defined(__CUDA_ARCH__)
     const uint32_t hi = __umulhi(un, multiplier);
@@ -46,10 +47,10 @@ struct FastDiv {
     return static_cast<int>((hi + un) >> shift);
   }
   // n % divisor, given q = div(n).
-  FLASH4_HD int rem(int n, int q) const { return n - q * static_cast<int>(divisor); }
+  FLASH4_FAST_DIV_FN int rem(int n, int q) const { return n - q * static_cast<int>(divisor); }
 };
 
 }  // namespace sm90
 }  // namespace flash4
 
-#undef FLASH4_HD
+#undef FLASH4_FAST_DIV_FN

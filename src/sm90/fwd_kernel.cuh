@@ -260,11 +260,10 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
   int m, hb;
   if constexpr (!kCausal) {
     hb = a.div_m_blocks.div(t);
-    m = t - hb * a.num_m_blocks;
+    m = a.div_m_blocks.rem(t, hb);
   } else {
-    const int per_sec = a.num_m_blocks * a.heads_per_section;
     const int sec = a.div_section.div(t);
-    const int r = t - sec * per_sec;
+    const int r = a.div_section.rem(t, sec);
     const int hs = min(a.heads_per_section, a.num_hb - sec * a.heads_per_section);
     // the last section may hold fewer pairs: a plain division there
     const int q = hs == a.heads_per_section ? a.div_heads_per_section.div(r) : r / hs;
@@ -274,7 +273,7 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
   TileCoord c;
   c.m_block = m;
   c.b = a.div_heads_q.div(hb);
-  c.h = hb - c.b * a.heads_q;
+  c.h = a.div_heads_q.rem(hb, c.b);
   return c;
 }
 

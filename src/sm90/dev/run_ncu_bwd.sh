@@ -21,9 +21,9 @@ echo "build: $((SECONDS - t0)) s"
 M=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
 M=$M,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__inst_issued.avg.pct_of_peak_sustained_active
 M=$M,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed,smsp__cycles_active.avg
+MODE=${MODE:-bwd}
 for c in "${CASES[@]}"; do
   IFS=: read -r d causal s det <<< "$c"
-  MODE=${MODE:-bwd}
   n="${MODE}${d}c${causal}s${s}"; EXTRA=()
   [[ $MODE == bwd ]] && { n="${n}det${det}"; EXTRA=(--deterministic "$det"); }
   t0=$SECONDS
