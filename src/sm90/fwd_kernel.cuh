@@ -112,6 +112,7 @@
 #pragma once
 #include <cuda.h>
 #include <cstdint>
+#include <type_traits>
 #include "sm90/fast_div.hpp"
 #include "sm90/fragments.hpp"
 #include "sm90/ptx.cuh"
@@ -517,19 +518,31 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     }
     wgmma_commit_group();
   };
-  auto issue_pv = [&](int stage) {
+  auto issue_pv_n = [&](int stage, auto steps) {
+    constexpr int kSteps = decltype(steps)::value;
     uint32_t va = v_base + stage * C::kKVBytes;
     reg_fence(va);
     const uint64_t v_desc = make_sw128_desc(va, C::kPanelBytesN, 1024);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
+    for (int kk = 0; kk < kSteps; ++kk) {
       if constexpr (kD == 256)
         wgmma_rs_m64n256k16_tb<T>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
       else
         wgmma_rs_tb<T, kD>(o, p_frag[kk], desc_advance(v_desc, kk * 16 * 128), 1);
     }
     wgmma_commit_group();
+  };
+  // The first processed block's P.V may skip its all-zero second half (see
+  // first_steps below). Causal head dims 64 and 128 only: there the diagonal
+  // splits a 128-key block at a consumer's 64-row edge; non-causal shapes with
+  // a key tail and head dim 256 (80-key blocks) gain little and measured up to
+  // 1.5-2.5% slower from the second issue sequence in the loop (docs/perf.md).
+  constexpr bool kSkipFirstPV = C::kCausal && kD <= 128;
+  auto issue_pv = [&](int stage, int k_steps) {
+    constexpr int kHalf = (kBN / 16 + 1) / 2;
+    if (kSkipFirstPV && k_steps <= kHalf) issue_pv_n(stage, std::integral_constant<int, kHalf>{});
+    else issue_pv_n(stage, std::integral_constant<int, kBN / 16>{});
   };
   auto release = [&](uint64_t* bar) {
     if (lane == 0) mbar_arrive(bar);
@@ -632,6 +645,17 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     const int n_blocks = max(br.n_hi - br.n_lo, 0);
     const int sk = si.sk;
     const int diag0 = m0 + row_tile0 + si.sk - si.sq;  // i + sk - sq of this thread's first row
+    // 16-key steps of the first processed block (n_hi - 1) with a visible key for some row of
+    // this consumer (its last row sees keys < row + 1 + sk - sq, and none past sk): the rest of
+    // its P is zero, so their P.V steps are skipped. Warp-uniform through the reduction, which
+    // keeps the issue branch on the uniform datapath.
+    int first_steps = kBN / 16;
+    if constexpr (kSkipFirstPV) {
+      const int blk0 = (br.n_hi - 1) * kBN;
+      int end = min(sk, m0 + 64 * cw + 64 + si.sk - si.sq) - blk0;
+      end = max(0, min(end, kBN));
+      first_steps = __reduce_max_sync(0xffffffffu, (end + 15) / 16);
+    }
 
     // Scores of block n: softcap, then -inf outside the visible range (only
     // blocks that cross the sk tail or a window edge are masked).
@@ -747,7 +771,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           // Inside the turn, while Q K^T executes (after P.V(j-1) retires, FA3's
           // place, measured 3-4% slower at long sequences, docs/perf.md).
           if (pend_need) rescale_o(pend_scale);
-          issue_pv(sp);
+          issue_pv(sp, it == 1 ? first_steps : kBN / 16);
           sched_pass();
           wgmma_wait_group<1>();  // S(it) ready, P.V(it-1) may be in flight
           reg_fence_array(s_acc);
@@ -772,7 +796,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         mbar_wait(&v_full[sl], phl);
         sched_wait();
         if (pend_need) rescale_o(pend_scale);
-        issue_pv(sl);
+        issue_pv(sl, n_blocks == 1 ? first_steps : kBN / 16);
         sched_pass();
         epilogue_prelude();  // overlaps the last P.V
         wgmma_wait_group<0>();
@@ -798,7 +822,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           convert_p();
           mbar_wait(&v_full[s], ph);
           sched_wait();
-          issue_pv(s);
+          issue_pv(s, kBN / 16);
           sched_pass();
           wgmma_wait_group<0>();
           reg_fence_array(o);
