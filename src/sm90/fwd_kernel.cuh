@@ -115,6 +115,7 @@
 #include <type_traits>
 #include "sm90/fast_div.hpp"
 #include "sm90/fragments.hpp"
+#include "sm90/tile_order.hpp"
 #include "sm90/ptx.cuh"
 #include "sm90/panels.cuh"
 #include "sm90/sequence.cuh"
@@ -250,10 +251,9 @@ struct TileCoord {
   int m_block, h, b;
 };
 
-// Tile order. Non-causal: m-blocks fastest, so CTAs running together share
-// one head's K/V in L2. Causal: (b,h) pairs in sections of
-// heads_per_section (sized on the host so a section's K/V fits in L2);
-// inside a section heaviest m-blocks first, pairs fastest.
+// Tile order (sm90/tile_order.hpp). Non-causal: m-blocks fastest, so CTAs
+// running together share one head's K/V in L2. Causal: (b,h) pairs in
+// sections of heads_per_section (sized on the host), heaviest m-blocks first.
 // (Divisions by the launch's fixed divisors are multiply-high divisions: the
 // coordinates are computed between tiles, on the consumers' critical path.)
 template <bool kCausal>
@@ -263,13 +263,8 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdKernelArgs& a, int t) {
     hb = a.div_m_blocks.div(t);
     m = a.div_m_blocks.rem(t, hb);
   } else {
-    const int sec = a.div_section.div(t);
-    const int r = a.div_section.rem(t, sec);
-    const int hs = min(a.heads_per_section, a.num_hb - sec * a.heads_per_section);
-    // the last section may hold fewer pairs: a plain division there
-    const int q = hs == a.heads_per_section ? a.div_heads_per_section.div(r) : r / hs;
-    m = a.num_m_blocks - 1 - q;
-    hb = sec * a.heads_per_section + (r - q * hs);
+    causal_tile(t, a.num_m_blocks, a.num_hb, a.heads_per_section, a.div_section,
+                a.div_heads_per_section, m, hb);
   }
   TileCoord c;
   c.m_block = m;
@@ -341,13 +336,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   const int tid = threadIdx.x;
   const int wg = tid / 128;
   const int lane = tid % 32;
-  // Round r of the persistent loop takes tile r*G + blockIdx.x, in reverse
-  // CTA order on odd rounds (snake), so that with tiles sorted heaviest
-  // first (causal) no CTA gets the heaviest tile of every round.
+  // Round r of the persistent loop: snake order (sm90/tile_order.hpp).
   auto tile_index = [&](int round) {
-    const int G = static_cast<int>(gridDim.x);
-    const int bid = static_cast<int>(blockIdx.x);
-    return round * G + ((round & 1) ? (G - 1 - bid) : bid);
+    return snake_tile_index(round, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
   };
   if (tid == 0) {
     mbar_init(q_full, 1);

@@ -92,41 +92,11 @@ inline FwdLaunch plan_fwd_tiles(FwdKernelArgs* a, int block_m, int batch, int se
   a->group = heads_q / heads_kv;
   a->num_m_blocks = (seqlen_q + block_m - 1) / block_m;
   a->num_hb = heads_q * batch;
-  // Causal order, sections of heads_per_section (b, h) pairs, heaviest
-  // query block first inside a section.
-  //   persistent grid, Sk <= 1024: two rounds of the grid (below);
-  //   persistent grid, longer: a section's K/V (all its kv heads) should fit
-  //     in ~32 MB of L2 (smaller sections measured erratic here: the static
-  //     snake split interacts with section boundaries);
-  //   one CTA per tile: a section is about as many tiles as SMs, so every
-  //     tile of a head runs at once and reads its K/V from DRAM once (L2
-  //     budget sweep, docs/perf.md: +7-8% at d128 2k-4k over 32 MB).
   int64_t grid = static_cast<int64_t>(a->num_m_blocks) * a->num_hb;
   if (persistent && num_sms > 0 && grid > num_sms) grid = num_sms;
-  int64_t hs;
-  if (persistent && num_sms > 0 && seqlen_k <= 1024) {
-    // Short persistent causal: a section is two rounds of the grid (2G tiles).
-    // Round 0 gives CTA c section tile c and round 1 (snake) tile 2G-1-c, so
-    // with 2G = heads_per_section * num_m_blocks the pair is query blocks m and
-    // num_m_blocks-1-m: every CTA gets the same work per two rounds, and all
-    // tiles of a head run within those two rounds, so its K/V is read from
-    // DRAM about once. These shapes are DRAM-bound on H100 (ncu, d128 causal
-    // 512: 323 -> 265 MB, 124 -> 111 us; +9.5% / +15.6% at d128 512 / 1k
-    // over the 4 MB sections used before, docs/perf.md).
-    const int64_t pairs = (2 * grid) / (a->num_m_blocks > 0 ? a->num_m_blocks : 1);
-    hs = (pairs / a->group > 0 ? pairs / a->group : 1) * a->group;
-  } else if (persistent || num_sms <= 0) {
-    const int64_t kv_bytes = static_cast<int64_t>(seqlen_k > 0 ? seqlen_k : 1) * headdim * 2 * 2;
-    const int64_t budget = int64_t(32) << 20;
-    int64_t kv_heads_fit = budget / kv_bytes;
-    if (kv_heads_fit < 1) kv_heads_fit = 1;
-    hs = kv_heads_fit * a->group;
-  } else {
-    const int64_t kv_heads = num_sms / (a->num_m_blocks * a->group > 0 ? a->num_m_blocks * a->group : 1);
-    hs = (kv_heads < 1 ? 1 : kv_heads) * a->group;
-  }
-  if (hs > a->num_hb) hs = a->num_hb;
-  a->heads_per_section = static_cast<int>(hs < 1 ? 1 : hs);
+  // Causal order: sections of (b,h) pairs (sm90/tile_order.hpp says how large).
+  a->heads_per_section = causal_heads_per_section(a->num_m_blocks, a->num_hb, a->group, seqlen_k,
+                                                  headdim, persistent, num_sms, grid);
   // Callers guarantee num_m_blocks * num_hb < 2^31 (sm90_fwd_supported checks it).
   a->num_tiles = a->num_m_blocks * a->num_hb;
   a->div_m_blocks = FastDiv(a->num_m_blocks);
