@@ -81,7 +81,10 @@
 //                 exceeds it by more than this many log2 units; P may then
 //                 reach 2^threshold. Exact in real arithmetic (O and l share
 //                 the reference max) but the largest P is no longer exactly
-//                 1 before rounding, which adds bf16 rounding error.
+//                 1 before rounding, which adds bf16 rounding error
+//                 (error ratio up to ~1.8 at 8, within the 2x rule).
+//              Shipped: 8 (+1-10%; sm90/fwd_launch.cuh, docs/perf.md); the
+//              exp2-emulation kernels keep 0.
 //
 // Sequences: batched (every batch entry has Sq queries, Sk keys) or varlen
 // (cu_seqlens_q/k: sequence b is rows [cu[b], cu[b+1]) of packed tensors),

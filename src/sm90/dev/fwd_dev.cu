@@ -52,7 +52,7 @@ static const VariantInfo kVariants[] = {
     {"P:n176,aO"},  // 4 (aO: O staged over Q, a separate buffer does not fit)
     {"-"},          // 5 (was kBlockN 192: spills 40 B)
     {"P:n128,s3,aO"},  // 6: 3 K/V stages (O over Q)
-    {"P:n128,qR"},  // 7: Q in registers (RS Q K^T)
+    {"P:n128,qR"},  // 7: Q in registers (RS Q K^T), threshold 0
     {"P:n160,qR"},  // 8
     {"P:3wg"},      // 9: head dim 64, 3 consumer warpgroups (shipped d64)
     {"P:3wg,qR"},   // 10
@@ -66,8 +66,23 @@ static const VariantInfo kVariants[] = {
     {"-"},          // 18 (was: 4 partial row max / sum chains: 2-3.5% slower)
     {"-"},          // 19 (was: 2 chains: ~1% slower)
     {"-"},          // 20 (was: contiguous tile order per CTA: 10-45% slower)
+    {"-"},          // 21 (was: head dim 128, 3 consumers without intra-WG overlap: 0.83-0.88x)
+    {"-"},          // 22 (the same, one CTA per tile)
+    {"-"},          // 23 (was: head dim 64, row sums by a P.V wgmma with N = 72: 0.91-0.95x)
+    {"-"},          // 24 (the same with threshold 8: 0.96-0.98x)
+    {"P:3wg,t8"},   // 25: head dim 64, 3 consumers, 3 K/V stages, rescale threshold 8
+    {"P:3wg,t0"},   // 26: the same, threshold 0 (shipped before 2026-12-02 23:40)
+    {"P:qR,t8"},    // 27: head dim 128, Q in registers, rescale threshold 8
+    {"P:qR,t1"},    // 28: threshold 1
+    {"P:3wg,t2"},   // 29: head dim 64 as 26, threshold 2
+    {"P:3wg,t1"},   // 30: threshold 1
+    {"P:qR,t2"},    // 31: head dim 128, threshold 2
+    {"L:d256,t8"},  // 32: head dim 256 as shipped (persistence by the library's rule), threshold 8
+    {"L:d256,t2"},  // 33: threshold 2
 };
 static bool variant_persistent(int v) { return v != 12 && v != 13; }
+// "L:" variants follow the library's per-call persistence choice.
+static bool variant_follows_library(int v) { return v == 32 || v == 33; }
 
 // Builds the kernel arguments for configuration C the library's way (fwd_prepare).
 template <class C>
@@ -82,11 +97,14 @@ static cudaError_t run_cfg(const FwdParams& p, bool persistent, cudaStream_t st)
 template <int D, typename T, bool Causal>
 cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
   using namespace sm90;
-  const bool P = variant_persistent(v);
+  const bool P = variant_follows_library(v) ? sm90::choose_fwd(D, Causal, p.seqlen_k).persistent
+                                            : variant_persistent(v);
   if constexpr (D == 256) {
     switch (v) {
       case 12: case 14: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 0, 0, 2>>(p, P, st);
       case 13: case 15: return run_cfg<FwdConfig<256, T, Causal, 2, true, true, 0, 0, 2>>(p, P, st);
+      case 32: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 8, 0, 2>>(p, P, st);
+      case 33: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 2, 0, 2>>(p, P, st);
       default: return cudaErrorNotSupported;
     }
   } else if constexpr (D == 64) {
@@ -95,6 +113,10 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
       case 10: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 3, false, 128, true>>(p, P, st);
       case 11: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
       case 17: return run_cfg<FwdConfig<64, T, Causal, 2, true, true, 0, 0, 2, false, 128>>(p, P, st);
+      case 29: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 2, 0, 3, false, 128>>(p, P, st);
+      case 30: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 1, 0, 3, false, 128>>(p, P, st);
+      case 26: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 0, 0, 3, false, 128>>(p, P, st);
+      case 25: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 8, 0, 3, false, 128>>(p, P, st);
 
       default: return cudaErrorNotSupported;
     }
@@ -107,6 +129,9 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
     case 6: return run_cfg<FwdConfig<D, T, Causal, 3, true, true, 0, 0, 2, false, 128>>(p, P, st);
     case 7: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 128, true>>(p, P, st);
     case 8: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 0, 0, 2, false, 160, true>>(p, P, st);
+    case 27: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8, 0, 2, false, 128, true>>(p, P, st);
+    case 28: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 1, 0, 2, false, 128, true>>(p, P, st);
+    case 31: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 2, 0, 2, false, 128, true>>(p, P, st);
 
     default: return cudaErrorInvalidValue;
   }
@@ -123,7 +148,7 @@ static cudaError_t run_variant(int v, const FwdParams& p, cudaStream_t st) {
   if (p.headdim == 64)
     return p.is_causal ? launch_variant<64, __nv_bfloat16, true>(v, p, st)
                        : launch_variant<64, __nv_bfloat16, false>(v, p, st);
-  if (p.headdim != 128 || v >= 9) return cudaErrorNotSupported;
+  if (p.headdim != 128 || (v >= 9 && v < 21)) return cudaErrorNotSupported;
   return p.is_causal ? launch_variant<128, __nv_bfloat16, true>(v, p, st)
                      : launch_variant<128, __nv_bfloat16, false>(v, p, st);
 }
@@ -375,7 +400,7 @@ static bool check_case(const Case& c, const std::vector<int>& variants) {
 
 static int run_checks(bool quick) {
   std::vector<int> lib_only = {0};
-  std::vector<int> d128 = {0, 1, 3, 4, 6, 7, 8}, d64 = {0, 9, 11, 17}, d256 = {0, 12, 13, 14, 15};
+  std::vector<int> d128 = {0, 7, 27, 28, 31}, d64 = {0, 26, 25, 29, 30}, d256 = {0, 32, 33};
   int fails = 0, total = 0;
   for (int D : {64, 128, 256})
     for (int causal : {0, 1}) {
@@ -512,6 +537,16 @@ int main(int argc, char** argv) {
     run_bench({0, 1, 7, 3, 4}, {128}, {0}, {1024, 4096, 16384});
     run_bench({0, 12, 13, 14, 15}, {256}, {0, 1}, {512, 2048, 16384});
     run_bench({0, 9, 17, 11}, {64}, {0, 1}, {512, 1024, 4096});
+  }
+  if (mode == "benchthr") {  // FA4's rescale threshold: 0 (shipped), 1, 2, 8
+    run_bench({0, 26, 30, 29, 25}, {64}, {0, 1}, {512, 1024, 4096, 16384});
+    run_bench({0, 7, 28, 31, 27}, {128}, {0, 1}, {1024, 4096, 16384});
+    run_bench({0, 26, 30, 29, 25}, {64}, {0}, {1024, 4096, 16384});
+    run_bench({0, 7, 28, 31, 27}, {128}, {0}, {1024, 4096, 16384});
+  }
+  if (mode == "benchthr256") {  // the same at head dim 256 (shipped: threshold 0)
+    run_bench({0, 33, 32}, {256}, {0, 1}, {512, 1024, 2048, 4096, 8192, 16384});
+    run_bench({0, 33, 32}, {256}, {0, 1}, {1024, 4096, 16384});
   }
   return fails ? 1 : 0;
 }
