@@ -79,6 +79,11 @@ static const VariantInfo kVariants[] = {
     {"P:qR,t2"},    // 31: head dim 128, threshold 2
     {"L:d256,t8"},  // 32: head dim 256 as shipped (persistence by the library's rule), threshold 8
     {"L:d256,t2"},  // 33: threshold 2
+    {"P:3wg,t8,e4"},  // 34: head dim 64 as 25 (threshold 8), 1/4 of the exp2 by polynomial
+    {"P:3wg,t8,e8"},  // 35: 1/8
+    {"P:3wg,t8,e2"},  // 36: 1/2
+    {"P:qR,t8,e4"},   // 37: head dim 128 as 27 (threshold 8), 1/4 by polynomial
+    {"P:qR,t8,e8"},   // 38: 1/8
 };
 static bool variant_persistent(int v) { return v != 12 && v != 13; }
 // "L:" variants follow the library's per-call persistence choice.
@@ -117,6 +122,9 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
       case 30: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 1, 0, 3, false, 128>>(p, P, st);
       case 26: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 0, 0, 3, false, 128>>(p, P, st);
       case 25: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 8, 0, 3, false, 128>>(p, P, st);
+      case 34: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 8, 4, 3, false, 128>>(p, P, st);
+      case 35: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 8, 8, 3, false, 128>>(p, P, st);
+      case 36: return run_cfg<FwdConfig<64, T, Causal, 3, true, true, 8, 2, 3, false, 128>>(p, P, st);
 
       default: return cudaErrorNotSupported;
     }
@@ -132,6 +140,8 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
     case 27: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8, 0, 2, false, 128, true>>(p, P, st);
     case 28: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 1, 0, 2, false, 128, true>>(p, P, st);
     case 31: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 2, 0, 2, false, 128, true>>(p, P, st);
+    case 37: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8, 4, 2, false, 128, true>>(p, P, st);
+    case 38: return run_cfg<FwdConfig<D, T, Causal, 2, true, true, 8, 8, 2, false, 128, true>>(p, P, st);
 
     default: return cudaErrorInvalidValue;
   }
@@ -400,7 +410,7 @@ static bool check_case(const Case& c, const std::vector<int>& variants) {
 
 static int run_checks(bool quick) {
   std::vector<int> lib_only = {0};
-  std::vector<int> d128 = {0, 7, 27, 28, 31}, d64 = {0, 26, 25, 29, 30}, d256 = {0, 32, 33};
+  std::vector<int> d128 = {0, 27, 37, 38}, d64 = {0, 25, 34, 35, 36}, d256 = {0, 32, 33};
   int fails = 0, total = 0;
   for (int D : {64, 128, 256})
     for (int causal : {0, 1}) {
@@ -543,6 +553,12 @@ int main(int argc, char** argv) {
     run_bench({0, 7, 28, 31, 27}, {128}, {0, 1}, {1024, 4096, 16384});
     run_bench({0, 26, 30, 29, 25}, {64}, {0}, {1024, 4096, 16384});
     run_bench({0, 7, 28, 31, 27}, {128}, {0}, {1024, 4096, 16384});
+  }
+  if (mode == "benchemu") {  // FA4's software exp2 on top of threshold 8
+    run_bench({0, 25, 36, 34, 35}, {64}, {0}, {1024, 4096, 16384});
+    run_bench({0, 25, 36, 34, 35}, {64}, {1}, {2048, 4096, 16384});
+    run_bench({0, 27, 37, 38}, {128}, {0, 1}, {1024, 4096, 16384});
+    run_bench({0, 25, 36, 34, 35}, {64}, {0}, {1024, 4096, 16384});
   }
   if (mode == "benchthr256") {  // the same at head dim 256 (shipped: threshold 0)
     run_bench({0, 33, 32}, {256}, {0, 1}, {512, 1024, 2048, 4096, 8192, 16384});
