@@ -84,10 +84,11 @@ static const VariantInfo kVariants[] = {
     {"P:3wg,t8,e2"},  // 36: 1/2
     {"P:qR,t8,e4"},   // 37: head dim 128 as 27 (threshold 8), 1/4 by polynomial
     {"P:qR,t8,e8"},   // 38: 1/8
+    {"L:d256,t8,pp"}, // 39: head dim 256 as 32 (threshold 8) with ping-pong
 };
 static bool variant_persistent(int v) { return v != 12 && v != 13; }
 // "L:" variants follow the library's per-call persistence choice.
-static bool variant_follows_library(int v) { return v == 32 || v == 33; }
+static bool variant_follows_library(int v) { return v == 32 || v == 33 || v == 39; }
 
 // Builds the kernel arguments for configuration C the library's way (fwd_prepare).
 template <class C>
@@ -110,6 +111,7 @@ cudaError_t launch_variant(int v, const FwdParams& p, cudaStream_t st) {
       case 13: case 15: return run_cfg<FwdConfig<256, T, Causal, 2, true, true, 0, 0, 2>>(p, P, st);
       case 32: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 8, 0, 2>>(p, P, st);
       case 33: return run_cfg<FwdConfig<256, T, Causal, 2, true, false, 2, 0, 2>>(p, P, st);
+      case 39: return run_cfg<FwdConfig<256, T, Causal, 2, true, true, 8, 0, 2>>(p, P, st);
       default: return cudaErrorNotSupported;
     }
   } else if constexpr (D == 64) {
@@ -410,7 +412,7 @@ static bool check_case(const Case& c, const std::vector<int>& variants) {
 
 static int run_checks(bool quick) {
   std::vector<int> lib_only = {0};
-  std::vector<int> d128 = {0, 27, 37, 38}, d64 = {0, 25, 34, 35, 36}, d256 = {0, 32, 33};
+  std::vector<int> d128 = {0, 27, 37, 38}, d64 = {0, 25, 34, 35, 36}, d256 = {0, 32, 39};
   int fails = 0, total = 0;
   for (int D : {64, 128, 256})
     for (int causal : {0, 1}) {
@@ -559,6 +561,12 @@ int main(int argc, char** argv) {
     run_bench({0, 25, 36, 34, 35}, {64}, {1}, {2048, 4096, 16384});
     run_bench({0, 27, 37, 38}, {128}, {0, 1}, {1024, 4096, 16384});
     run_bench({0, 25, 36, 34, 35}, {64}, {0}, {1024, 4096, 16384});
+  }
+  if (mode == "benchshort") {  // short lengths with threshold 8: d64 causal 3 consumers, d256 ping-pong
+    run_bench({0, 25}, {64}, {1}, {512, 1024, 2048});
+    run_bench({0, 32, 39}, {256}, {0, 1}, {512, 1024, 2048});
+    run_bench({0, 25}, {64}, {1}, {512, 1024, 2048});
+    run_bench({0, 32, 39}, {256}, {0, 1}, {512, 1024, 2048});
   }
   if (mode == "benchthr256") {  // the same at head dim 256 (shipped: threshold 0)
     run_bench({0, 33, 32}, {256}, {0, 1}, {512, 1024, 2048, 4096, 8192, 16384});
