@@ -83,7 +83,7 @@
 //                 the reference max) but the largest P is no longer exactly
 //                 1 before rounding, which adds bf16 rounding error
 //                 (error ratio up to ~1.8 at 8, within the 2x rule).
-//              Shipped: 8 (+1-10%; sm90/fwd_launch.cuh, docs/perf.md); the
+//              Shipped: 8 (+0-16% on the H200; sm90/fwd_launch.cuh, docs/perf.md); the
 //              exp2-emulation kernels keep 0.
 //
 // Sequences: batched (every batch entry has Sq queries, Sk keys) or varlen

@@ -1,8 +1,10 @@
 #!/bin/bash
 # One device call for a forward variant sweep with the dev driver: build
 # fwd_dev (parallel), `fwd_dev check quick` (every variant of the check lists
-# against the float64 reference), then `fwd_dev BENCH_MODE`.
-# Usage (repo root, on the device): bash src/sm90/dev/run_fwd_variants.sh OUTDIR [BENCH_MODE]
+# against the float64 reference), then `fwd_dev MODE` for each of the
+# comma-separated BENCH_MODES (output in bench-MODE.txt). BENCH_ANYWAY=1 benches
+# even when the check fails.
+# Usage (repo root, on the device): bash src/sm90/dev/run_fwd_variants.sh OUTDIR [BENCH_MODES]
 set -o pipefail
 OUT=${1:?out dir}; MODE=${2:-bench}; mkdir -p $OUT
 B=/tmp/sm90v; mkdir -p $B
