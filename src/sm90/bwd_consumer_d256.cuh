@@ -368,8 +368,10 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       reg_fence_array(dq0);
       reg_fence_array(dv);
       reg_fence_array(dk);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.empty[s]);
+      if constexpr (C::kDeterministic) {  // default mode: released after the dQ staging below
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&sm.empty[s]);
+      }
       // dQ piece 1 (columns 128 cw + 64 ..), overlapping the adds of piece 0.
 #pragma unroll
       for (int i = 0; i < 32; ++i) dq1[i] = 0.f;  // after the wait: p_frag / ds_frag are dead
@@ -381,18 +383,57 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       wgmma_commit_group();
     }
     float* dst = args.dq_accum + row_offset(h, m) * kD + 2 * cw * C::kDQPieceFloats;
-    if constexpr (C::kDeterministic) mbar_wait(&sm.dq_empty[cw], it & 1);  // the keeper's grant
+    if constexpr (C::kDeterministic) {
+      mbar_wait(&sm.dq_empty[cw], it & 1);  // the keeper's grant
 #pragma unroll
-    for (int g = 0; g < 8; ++g)
-      red_add_v4_f32(dst + dq_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
-                     dq0[4 * g + 2], dq0[4 * g + 3]);
-    wgmma_wait_group<0>();
-    reg_fence_array(dq1);
+      for (int g = 0; g < 8; ++g)
+        red_add_v4_f32(dst + dq_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
+                       dq0[4 * g + 2], dq0[4 * g + 3]);
+      wgmma_wait_group<0>();
+      reg_fence_array(dq1);
 #pragma unroll
-    for (int g = 0; g < 8; ++g)
-      red_add_v4_f32(dst + C::kDQPieceFloats + dq_piece_offset(4 * g, wthr), dq1[4 * g],
-                     dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
-    if constexpr (C::kDeterministic) mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
+      for (int g = 0; g < 8; ++g)
+        red_add_v4_f32(dst + C::kDQPieceFloats + dq_piece_offset(4 * g, wthr), dq1[4 * g],
+                       dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
+      mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
+    } else {
+      // Default mode: both pieces staged in this consumer's own panels of
+      // stage s (dQ piece 0 over its two Q panels, piece 1 over its two dO
+      // panels, 16 KB each, dq_piece_offset layout) and bulk-added, as at
+      // head dims 64 / 128. Those panels are free: this consumer's dV / dK
+      // GEMMs are done, and the other consumer's full-width S^T / dP^T reads
+      // ended before the P^T / dS^T barriers it passed; the other consumer's
+      // dV / dK read only its own panels. The stage is released once both
+      // copies have read it. (Vector reductions from registers, 16 KB per
+      // piece as 16-byte red.global.add: halving them measured +15-17% at
+      // d256, docs/perf.md.)
+      float* st0 = reinterpret_cast<float*>(sm.q + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
+      float* st1 = reinterpret_cast<float*>(sm.dout + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
+#pragma unroll
+      for (int g = 0; g < 8; ++g)
+        *reinterpret_cast<float4*>(st0 + dq_piece_offset(4 * g, wthr)) =
+            make_float4(dq0[4 * g], dq0[4 * g + 1], dq0[4 * g + 2], dq0[4 * g + 3]);
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        bulk_reduce_add_f32(dst, st0, C::kDQPieceBytes);
+        tma_store_commit();
+      }
+      wgmma_wait_group<0>();
+      reg_fence_array(dq1);
+#pragma unroll
+      for (int g = 0; g < 8; ++g)
+        *reinterpret_cast<float4*>(st1 + dq_piece_offset(4 * g, wthr)) =
+            make_float4(dq1[4 * g], dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
+      fence_proxy_async_smem();
+      named_bar_sync(kBwdBarWG0 + cw, 128);
+      if (wthr == 0) {
+        bulk_reduce_add_f32(dst + C::kDQPieceFloats, st1, C::kDQPieceBytes);
+        tma_store_commit();
+        tma_store_wait_read_all();  // both pieces read: stage s may be refilled
+        mbar_arrive(&sm.empty[s]);
+      }
+    }
   }
 
   // ------------------------------------------------------------- epilogue

@@ -581,7 +581,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 8);  // every consumer warp
+      // Every consumer warp; head dim 256 default mode: one thread per
+      // consumer, once its dQ staging in the stage has been read.
+      mbar_init(&empty[s], C::kSharedKeys && !C::kDeterministic ? 2 : 8);
     }
     if constexpr (C::kDeterministic) {
       for (int w = 0; w < 2; ++w) {
