@@ -210,6 +210,12 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
   for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
 
   mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+  // Default mode: stage of the previous iteration still to be released (-1:
+  // none; see the dQ staging at the end of the loop body), and whether dQ is
+  // staged at all: not with zero-filled tail panels (head dims 136..192; the
+  // staging would overwrite their zeros), which add from registers.
+  int release_stage = -1;
+  const bool stage_dq = args.data_panels == C::kPanels;
 
   for (int it = 0; it < cta.n_iters; ++it) {
     const int2 hm = iter_hm(it);
@@ -339,6 +345,18 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       named_bar_sync_unaligned(kBwdBarDS, 256);
     }
     // One call site: issued from two places, ptxas serialized every wgmma.
+    if (!C::kDeterministic && release_stage >= 0) {
+      // Both consumers passed this iteration's P^T barrier, so every read of
+      // the previous stage is over; the staged dQ's bulk reads have had the
+      // whole S^T / dP^T / exponential phase to finish (waiting at the end
+      // of the previous iteration measured 12-15% slower: the warpgroup's
+      // next wgmma waited on this thread).
+      if (wthr == 0) {
+        if (stage_dq) tma_store_wait_read_all();
+        mbar_arrive(&sm.empty[release_stage]);
+      }
+      release_stage = -1;
+    }
     issue_dv();
     if (cw == 0) {
       named_bar_sync_unaligned(kBwdBarDS, 256);
@@ -383,8 +401,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       wgmma_commit_group();
     }
     float* dst = args.dq_accum + row_offset(h, m) * kD + 2 * cw * C::kDQPieceFloats;
-    if constexpr (C::kDeterministic) {
-      mbar_wait(&sm.dq_empty[cw], it & 1);  // the keeper's grant
+    if (C::kDeterministic || !stage_dq) {
+      if constexpr (C::kDeterministic) mbar_wait(&sm.dq_empty[cw], it & 1);  // the keeper's grant
 #pragma unroll
       for (int g = 0; g < 8; ++g)
         red_add_v4_f32(dst + dq_piece_offset(4 * g, wthr), dq0[4 * g], dq0[4 * g + 1],
@@ -395,7 +413,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       for (int g = 0; g < 8; ++g)
         red_add_v4_f32(dst + C::kDQPieceFloats + dq_piece_offset(4 * g, wthr), dq1[4 * g],
                        dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
-      mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
+      if constexpr (C::kDeterministic) mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
+      else release_stage = s;
     } else {
       // Default mode: both pieces staged in this consumer's own panels of
       // stage s (dQ piece 0 over its two Q panels, piece 1 over its two dO
@@ -404,7 +423,7 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // GEMMs are done, and the other consumer's full-width S^T / dP^T reads
       // ended before the P^T / dS^T barriers it passed; the other consumer's
       // dV / dK read only its own panels. The stage is released once both
-      // copies have read it. (Vector reductions from registers, 16 KB per
+      // copies have read it, in the next iteration. (Vector reductions from registers, 16 KB per
       // piece as 16-byte red.global.add: halving them measured +15-17% at
       // d256, docs/perf.md.)
       float* st0 = reinterpret_cast<float*>(sm.q + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
@@ -430,9 +449,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       if (wthr == 0) {
         bulk_reduce_add_f32(dst + C::kDQPieceFloats, st1, C::kDQPieceBytes);
         tma_store_commit();
-        tma_store_wait_read_all();  // both pieces read: stage s may be refilled
-        mbar_arrive(&sm.empty[s]);
       }
+      release_stage = s;  // once both pieces are read, in the next iteration
     }
   }
 
