@@ -230,19 +230,6 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
     mbar_wait(&sm.full[s], ph);
 
     bwd_issue_kt<C>(acc, kt_a, kt_b + s * C::kQBytes);
-    if (!C::kDeterministic && release_stage >= 0) {
-      // This consumer's reads of the previous stage ended with its GEMMs
-      // there (the other consumer arrives for its own); the staged dQ's bulk
-      // reads have had the loop turn to finish, and S^T / dP^T now run while
-      // this thread waits for them. (Waiting at the end of the previous
-      // iteration measured 12-15% slower: the warpgroup's next wgmma waited
-      // on this thread; releasing after the P^T barrier, +1.6-6%.)
-      if (wthr == 0) {
-        if (stage_dq) tma_store_wait_read_all();
-        mbar_arrive(&sm.empty[release_stage]);
-      }
-      release_stage = -1;
-    }
 
     uint32_t doa = do_half + s * C::kQBytes;
     uint32_t qa = q_half + s * C::kQBytes;
@@ -358,6 +345,18 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       named_bar_sync_unaligned(kBwdBarDS, 256);
     }
     // One call site: issued from two places, ptxas serialized every wgmma.
+    if (!C::kDeterministic && release_stage >= 0) {
+      // Both consumers passed this iteration's P^T barrier, so every read of
+      // the previous stage is over; the staged dQ's bulk reads have had the
+      // whole S^T / dP^T / exponential phase to finish (waiting at the end
+      // of the previous iteration measured 12-15% slower: the warpgroup's
+      // next wgmma waited on this thread).
+      if (wthr == 0) {
+        if (stage_dq) tma_store_wait_read_all();
+        mbar_arrive(&sm.empty[release_stage]);
+      }
+      release_stage = -1;
+    }
     issue_dv();
     if (cw == 0) {
       named_bar_sync_unaligned(kBwdBarDS, 256);
