@@ -15,8 +15,12 @@
 //               dV[:, w] += P^T dO[:, w], dK[:, w] += dS^T Q[:, w]
 //                                             RS wgmma, N = 128
 //               dQ[:, w] = dS K[:, w] as two 64 x 64 pieces (SS, both
-//               operands MN-major), added into dq_accum from registers
-//               (red.global.add.v4.f32; no staging buffer fits).
+//               operands MN-major). Default mode: staged over this
+//               consumer's own Q / dO panels of the finished stage and
+//               bulk-added (cp.reduce.async.bulk, as at d64 / d128); the
+//               stage is released in the next iteration. Deterministic mode
+//               and head dims 136..192 (zero-filled tail panels): added from
+//               registers (red.global.add.v4.f32).
 // Exchange and order: two 256-thread named barriers per iteration, reached
 // by the two consumers through different instructions, hence the non-.aligned
 // barrier.sync (bar.sync there: synccheck reports divergence). Both sides
@@ -350,7 +354,9 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // the previous stage is over; the staged dQ's bulk reads have had the
       // whole S^T / dP^T / exponential phase to finish (waiting at the end
       // of the previous iteration measured 12-15% slower: the warpgroup's
-      // next wgmma waited on this thread).
+      // next wgmma waited on this thread; so did waiting right after the next
+      // S^T / dP^T issue, 8%: the bulk reads finish late, behind the stage's
+      // TMA loads, and here the warpgroup has its dV GEMM to hide the wait).
       if (wthr == 0) {
         if (stage_dq) tma_store_wait_read_all();
         mbar_arrive(&sm.empty[release_stage]);
@@ -423,9 +429,10 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // GEMMs are done, and the other consumer's full-width S^T / dP^T reads
       // ended before the P^T / dS^T barriers it passed; the other consumer's
       // dV / dK read only its own panels. The stage is released once both
-      // copies have read it, in the next iteration. (Vector reductions from registers, 16 KB per
-      // piece as 16-byte red.global.add: halving them measured +15-17% at
-      // d256, docs/perf.md.)
+      // copies have read it, in the next iteration. (Against 16-byte vector
+      // reductions from registers: +1.6-3.2% non-causal, +1.6-6.3% causal on
+      // the H200; a probe that dropped half of those reductions read +15-17%,
+      // docs/perf.md.)
       float* st0 = reinterpret_cast<float*>(sm.q + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
       float* st1 = reinterpret_cast<float*>(sm.dout + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
 #pragma unroll

@@ -286,9 +286,10 @@ struct BwdConfig {
   // Head dims 64 / 128: dQ is staged in shared memory and bulk-added
   // (deterministic: by the writer threads, in turn). red.global.add.v4.f32 from
   // registers instead measured 2-3% slower at d128 non-causal (H200 A/B,
-  // docs/perf.md) and spilled at d64. Head dim 256: dQ goes out by vector
-  // reductions from registers (no staging fits); P^T crosses from consumer 0
-  // to consumer 1 in fp32.
+  // docs/perf.md) and spilled at d64. Head dim 256: no buffer fits, so dQ is
+  // staged over the consumer's own panels of the finished Q / dO stage
+  // (bwd_consumer_d256.cuh; deterministic: vector reductions from registers);
+  // P^T crosses from consumer 0 to consumer 1 in fp32.
   static constexpr int kDQStageBytes = kSharedKeys ? 0 : 2 * kDQPieceBytes;
   static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : 0;
 
