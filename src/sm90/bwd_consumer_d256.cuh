@@ -214,11 +214,9 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
   for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
 
   mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-  // Default mode: stage of the previous iteration still to be released (-1:
-  // none; see the dQ staging at the end of the loop body), and whether dQ is
-  // staged at all: not with zero-filled tail panels (head dims 136..192; the
-  // staging would overwrite their zeros), which add from registers.
-  int release_stage = -1;
+  // Default mode: whether dQ is staged (see the end of the loop body): not
+  // with zero-filled tail panels (head dims 136..192; the staging would
+  // overwrite their zeros), which add from registers.
   const bool stage_dq = args.data_panels == C::kPanels;
 
   for (int it = 0; it < cta.n_iters; ++it) {
@@ -349,9 +347,10 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       named_bar_sync_unaligned(kBwdBarDS, 256);
     }
     // One call site: issued from two places, ptxas serialized every wgmma.
-    if (!C::kDeterministic && release_stage >= 0) {
-      // Both consumers passed this iteration's P^T barrier, so every read of
-      // the previous stage is over; the staged dQ's bulk reads have had the
+    if (!C::kDeterministic && it > 0) {
+      // Default mode releases the previous iteration's stage here. Both
+      // consumers passed this iteration's P^T barrier, so every read of it
+      // is over; the staged dQ's bulk reads have had the
       // whole S^T / dP^T / exponential phase to finish (waiting at the end
       // of the previous iteration measured 12-15% slower: the warpgroup's
       // next wgmma waited on this thread; so did waiting right after the next
@@ -359,9 +358,8 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // TMA loads, and here the warpgroup has its dV GEMM to hide the wait).
       if (wthr == 0) {
         if (stage_dq) tma_store_wait_read_all();
-        mbar_arrive(&sm.empty[release_stage]);
+        mbar_arrive(&sm.empty[static_cast<unsigned>(it - 1) % kS]);
       }
-      release_stage = -1;
     }
     issue_dv();
     if (cw == 0) {
@@ -420,7 +418,6 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
         red_add_v4_f32(dst + C::kDQPieceFloats + dq_piece_offset(4 * g, wthr), dq1[4 * g],
                        dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
       if constexpr (C::kDeterministic) mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
-      else release_stage = s;
     } else {
       // Default mode: both pieces staged in this consumer's own panels of
       // stage s (dQ piece 0 over its two Q panels, piece 1 over its two dO
@@ -433,31 +430,25 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // reductions from registers: +1.6-3.2% non-causal, +1.6-6.3% causal on
       // the H200; a probe that dropped half of those reductions read +15-17%,
       // docs/perf.md.)
-      float* st0 = reinterpret_cast<float*>(sm.q + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
-      float* st1 = reinterpret_cast<float*>(sm.dout + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
+      // One piece: 16-byte stores in the dq_piece_offset layout, then one
+      // bulk reduce-add issued by thread 0 of the consumer.
+      auto stage_and_add = [&](float* st, const float(&dq)[32], float* gdst) {
 #pragma unroll
-      for (int g = 0; g < 8; ++g)
-        *reinterpret_cast<float4*>(st0 + dq_piece_offset(4 * g, wthr)) =
-            make_float4(dq0[4 * g], dq0[4 * g + 1], dq0[4 * g + 2], dq0[4 * g + 3]);
-      fence_proxy_async_smem();
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        bulk_reduce_add_f32(dst, st0, C::kDQPieceBytes);
-        tma_store_commit();
-      }
+        for (int g = 0; g < 8; ++g)
+          *reinterpret_cast<float4*>(st + dq_piece_offset(4 * g, wthr)) =
+              make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+        fence_proxy_async_smem();
+        named_bar_sync(kBwdBarWG0 + cw, 128);
+        if (wthr == 0) {
+          bulk_reduce_add_f32(gdst, st, C::kDQPieceBytes);
+          tma_store_commit();
+        }
+      };
+      const int own = s * C::kQBytes + 2 * cw * C::kPanelBytesM;  // this consumer's panels
+      stage_and_add(reinterpret_cast<float*>(sm.q + own), dq0, dst);
       wgmma_wait_group<0>();
       reg_fence_array(dq1);
-#pragma unroll
-      for (int g = 0; g < 8; ++g)
-        *reinterpret_cast<float4*>(st1 + dq_piece_offset(4 * g, wthr)) =
-            make_float4(dq1[4 * g], dq1[4 * g + 1], dq1[4 * g + 2], dq1[4 * g + 3]);
-      fence_proxy_async_smem();
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        bulk_reduce_add_f32(dst + C::kDQPieceFloats, st1, C::kDQPieceBytes);
-        tma_store_commit();
-      }
-      release_stage = s;  // once both pieces are read, in the next iteration
+      stage_and_add(reinterpret_cast<float*>(sm.dout + own), dq1, dst + C::kDQPieceFloats);
     }
   }
 
