@@ -430,13 +430,9 @@ __device__ __forceinline__ void bwd_consumers_shared_keys(const BwdKernelArgs& a
       // reductions from registers: +1.6-3.2% non-causal, +1.6-6.3% causal on
       // the H200; a probe that dropped half of those reductions read +15-17%,
       // docs/perf.md.)
-      // One piece: 16-byte stores in the dq_piece_offset layout, then one
-      // bulk reduce-add issued by thread 0 of the consumer.
+      // One piece: staged, then one bulk reduce-add by thread 0 of the consumer.
       auto stage_and_add = [&](float* st, const float(&dq)[32], float* gdst) {
-#pragma unroll
-        for (int g = 0; g < 8; ++g)
-          *reinterpret_cast<float4*>(st + dq_piece_offset(4 * g, wthr)) =
-              make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+        bwd_store_dq_piece(st, dq, wthr);
         fence_proxy_async_smem();
         named_bar_sync(kBwdBarWG0 + cw, 128);
         if (wthr == 0) {

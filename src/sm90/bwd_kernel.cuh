@@ -380,6 +380,16 @@ struct BwdSmem {
         dq_empty(kv_full + 3 + 2 * C::kStages) {}
 };
 
+// One thread's 64x64 dQ piece fragment (wgmma accumulator registers) into a
+// shared-memory staging piece, in the dq_piece_offset layout: 16-byte stores,
+// conflict-free; the piece then goes out by one bulk reduce-add.
+__device__ __forceinline__ void bwd_store_dq_piece(float* piece, const float (&dq)[32], int t) {
+#pragma unroll
+  for (int g = 0; g < 8; ++g)
+    *reinterpret_cast<float4*>(piece + dq_piece_offset(4 * g, t)) =
+        make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+}
+
 // Epilogue helpers of every backward kernel (head dims 64, 128 and 256).
 // dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
 // 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
@@ -998,12 +1008,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       if (lane == 0) mbar_arrive(&empty[s]);
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
       // This thread's dQ fragment into its staging buffer (16-byte stores).
-      auto store_dq_piece = [&]() {
-#pragma unroll
-        for (int g = 0; g < 8; ++g)
-          *reinterpret_cast<float4*>(sDQ_mine + dq_piece_offset(4 * g, wthr)) =
-              make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
-      };
       auto stage_dq = [&](bool defer) {
         if constexpr (C::kDeterministic) {
           // Staged for this consumer's writer thread (producer warpgroup), which
@@ -1012,13 +1016,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           // here (end of the loop body) also cost the uniform datapath.
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
           __syncwarp();
-          store_dq_piece();
+          bwd_store_dq_piece(sDQ_mine, dq, wthr);
           fence_proxy_async_smem();
           mbar_arrive(&dq_full[cw]);
         } else {
           if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
           named_bar_sync(kBwdBarWG0 + cw, 128);
-          store_dq_piece();
+          bwd_store_dq_piece(sDQ_mine, dq, wthr);
           if (!defer) dq_commit(h, m);
         }
       };
