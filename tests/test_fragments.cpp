@@ -95,6 +95,38 @@ TEST(Fragments, StmatrixOffsetsStoreTheAccumulatorSwizzled) {
   }
 }
 
+// stmatrix .trans (PTX ISA): element (row i, column j) of matrix m, held by
+// lane 4 i + j / 2, goes to position i of the 16-byte row that lane 8 m + j
+// addresses. Storing the pairs stmatrix_t_reg at stmatrix_t_offset must put
+// accumulator element (row, col) at buffer row col, column row, each once:
+// 40 columns (the 80-key backward's P / dS: two .x4 and one .x2) and 80
+// (its dK^T / dV^T: five .x4).
+TEST(Fragments, StmatrixTransStoresTheAccumulatorTransposed) {
+  using namespace flash4::sm90;
+  for (int cols : {40, 80}) {
+    const uint32_t buf_bytes = static_cast<uint32_t>(cols) * 128;
+    std::set<uint32_t> seen;
+    for (int warp = 0; warp < 4; ++warp)
+      for (int c0 = 0; c0 < cols / 8; c0 += 2) {
+        const int mats = c0 + 1 < cols / 8 ? 4 : 2;  // .x4, or .x2 for a last odd chunk
+        for (int lane = 0; lane < 32; ++lane)
+          for (int m = 0; m < mats; ++m)
+            for (int e = 0; e < 2; ++e) {
+              const int j = 2 * (lane % 4) + e;  // column of the 8x8 matrix
+              const uint32_t off = stmatrix_t_offset(warp, 8 * m + j, c0) +
+                                   2u * static_cast<uint32_t>(lane / 4);
+              ASSERT_LT(off, buf_bytes);
+              const RowCol got = decode_sw128(off, buf_bytes);
+              const RowCol want = wgmma_c_elem(warp, lane, stmatrix_t_reg(c0, m) + e);
+              ASSERT_EQ(got.row, want.col) << "cols " << cols << " warp " << warp << " lane " << lane;
+              ASSERT_EQ(got.col, want.row) << "cols " << cols << " warp " << warp << " lane " << lane;
+              EXPECT_TRUE(seen.insert(off).second);
+            }
+      }
+    EXPECT_EQ(seen.size(), static_cast<size_t>(64 * cols));
+  }
+}
+
 // P = S packed to 16 bits feeds the next wgmma as its A operand from the same
 // registers: accumulator register acc_reg_for_a(kk, j, e) must hold the element
 // that A register j, element e of k step kk stands for.
@@ -142,7 +174,11 @@ TEST(Fragments, DqPieceLayoutIsABijectionWithContiguousGroups) {
 // by exactly one postprocess CTA part and lands where the GEMM computed it.
 TEST(Fragments, DqPostprocessInvertsTheConsumersLayout) {
   using namespace flash4::sm90;
-  for (int d : {64, 128, 256}) {
+  // d 256 twice: the 64-key kernel's layout, then the 80-key kernel's
+  // transposed one (dQ^T fragments: row = head-dim column, col = query).
+  for (int variant = 0; variant < 4; ++variant) {
+    const int d = variant == 0 ? 64 : variant == 1 ? 128 : 256;
+    const bool tr = variant == 3;
     const int rows = d == 256 ? 32 : 8192 / d;  // rows per postprocess CTA
     const int parts = d == 256 ? 2 : 1;         // CTAs per chunk
     const int pieces = d == 256 ? 4 : 2;
@@ -153,17 +189,19 @@ TEST(Fragments, DqPostprocessInvertsTheConsumersLayout) {
         for (int i = 0; i < 32; ++i) {
           const RowCol c = wgmma_c_elem(t / 32, t % 32, i);
           written[static_cast<size_t>(w) * 4096 + dq_piece_offset(i, t)] =
-              d == 64 ? RowCol{64 * w + c.row, c.col} : RowCol{c.row, 64 * w + c.col};
+              tr        ? RowCol{c.col, 64 * w + c.row}
+              : d == 64 ? RowCol{64 * w + c.row, c.col}
+                        : RowCol{c.row, 64 * w + c.col};
         }
     std::set<std::pair<int, int>> seen;
     for (int part = 0; part < parts; ++part)
       for (int e = 0; e < 8192; ++e) {
-        const DqPieceFloat f = dq_post_source(d, e, part);
+        const DqPieceFloat f = dq_post_source(d, e, part, tr);
         ASSERT_GE(f.piece, 0);
         ASSERT_LT(f.piece, pieces);
         ASSERT_GE(f.off, 0);
         ASSERT_LT(f.off, 4096);
-        const RowCol dst = dq_post_dest(d, f.piece, f.off, part, rows);
+        const RowCol dst = dq_post_dest(d, f.piece, f.off, part, rows, tr);
         ASSERT_GE(dst.row, 0);
         ASSERT_LT(dst.row, rows);
         ASSERT_GE(dst.col, 0);

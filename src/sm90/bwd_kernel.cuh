@@ -236,16 +236,24 @@ struct BwdConfig {
   static_assert(!(kCausal && kLocal), "a causal window is a kLocal kernel with right = 0");
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
                 "instantiated head dims: 64, 128, 256");
-  // Head dim 256: the two consumers share one block of 64 keys and split the
-  // head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK and dV do
-  // not fit in one warpgroup's registers.
-  static constexpr bool kSharedKeys = kHeadDim == 256;
+  // Head dim 256, default mode without softcap: 64 queries x 80 keys per
+  // iteration, the consumers split the keys for S / dP (40 each) and the head
+  // dim for the swapped GEMMs dV^T, dK^T, dQ^T (bwd_consumer_d256x80.cuh):
+  // 20% fewer dQ reductions and Q / dO bytes per FLOP than 64-key blocks.
+  static constexpr bool kKeys80 = kHeadDim == 256 && !kDeterministic && !kSoftcap;
+  // Head dim 256 otherwise: the two consumers share one block of 64 keys and
+  // split the head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK
+  // and dV do not fit in one warpgroup's registers.
+  static constexpr bool kSharedKeys = kHeadDim == 256 && !kKeys80;
+  static constexpr bool kD256 = kHeadDim == 256;  // either of the two
 
-  // keys per CTA: 2 consumers x 64, or 64 shared by both (head dim 256)
-  static constexpr int kBlockN = kSharedKeys ? 64 : 128;
+  // keys per CTA: 2 consumers x 64, 64 shared by both, or 80 (head dim 256)
+  static constexpr int kBlockN = kKeys80 ? 80 : kSharedKeys ? 64 : 128;
   // queries per iteration: 128 (d 64) or 64 (d 128, d 256)
-  static constexpr int kBlockM = kSharedKeys ? 64 : 8192 / kHeadDim;
-  static constexpr int kStages = 2;                // Q / dO / row-array ring
+  static constexpr int kBlockM = kD256 ? 64 : 8192 / kHeadDim;
+  static constexpr int kStages = 2;                // Q / row-array ring (and dO)
+  // dO stages: one in the 80-key kernel (two do not fit beside P and dS).
+  static constexpr int kStagesDO = kKeys80 ? 1 : kStages;
   // Head dims 64 / 128: a consumer issues the next iteration's S^T before it
   // waits for this iteration's dQ GEMM, so the dQ wait, its staging and the
   // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). Not in
@@ -281,7 +289,7 @@ struct BwdConfig {
   static constexpr int kDQPieceFloats = 64 * 64;
   static constexpr int kDQPieceBytes = kDQPieceFloats * 4;
   static constexpr int kRowBytes = kBlockM * 4;
-  static_assert(kBlockM * kHeadDim == (kSharedKeys ? 4 : 2) * kDQPieceFloats,
+  static_assert(kBlockM * kHeadDim == (kD256 ? 4 : 2) * kDQPieceFloats,
                 "a dQ chunk is two (d 256: four) 64x64 pieces");
   // Head dims 64 / 128: dQ is staged in shared memory and bulk-added
   // (deterministic: by the writer threads, in turn). red.global.add.v4.f32 from
@@ -290,15 +298,17 @@ struct BwdConfig {
   // staged over the consumer's own panels of the finished Q / dO stage
   // (bwd_consumer_d256.cuh; deterministic: vector reductions from registers);
   // P^T crosses from consumer 0 to consumer 1 in fp32.
-  static constexpr int kDQStageBytes = kSharedKeys ? 0 : 2 * kDQPieceBytes;
-  static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : 0;
+  // 80-key kernel: dQ from registers (vector reductions, as FlashAttention-3
+  // does at head dim 256); P and dS in 16 bits, two buffers each.
+  static constexpr int kDQStageBytes = kD256 ? 0 : 2 * kDQPieceBytes;
+  static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : kKeys80 ? 2 * kDSBytes : 0;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kOffK + kKBytes;
   static constexpr int kOffQ = kOffV + kKBytes;
   static constexpr int kOffDO = kOffQ + kStages * kQBytes;
-  static constexpr int kOffDS = kOffDO + kStages * kQBytes;
+  static constexpr int kOffDS = kOffDO + kStagesDO * kQBytes;
   static constexpr int kOffDQ = kOffDS + 2 * kDSBytes;
   static constexpr int kOffP = kOffDQ + kDQStageBytes;
   static constexpr int kOffLse = kOffP + kPBytes;
@@ -307,7 +317,8 @@ struct BwdConfig {
   // barriers: kv_full, full[S], empty[S]
   // + deterministic: dq_full[2], dq_empty[2] (consumer w <-> its dQ writer; head
   //   dim 256: consumer <-> turn keeper, see bwd_consumer_d256.cuh)
-  static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0);
+  // + 80-key kernel: do_full, do_empty (the single dO buffer)
+  static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0) + (kKeys80 ? 2 : 0);
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
   static constexpr int kSmemBytes =
       kOffTicket + (kDeterministic ? 16 : 0) + 1024;  // + alignment slack
@@ -363,6 +374,8 @@ struct BwdSmem {
   uint64_t* empty;     // [kStages]
   uint64_t* dq_full;   // [2], deterministic only
   uint64_t* dq_empty;  // [2], deterministic only
+  uint64_t* do_full;   // 80-key kernel only: the single dO buffer
+  uint64_t* do_empty;
   __device__ __forceinline__ explicit BwdSmem(uint8_t* base)
       : k(base + C::kOffK),
         v(base + C::kOffV),
@@ -377,7 +390,9 @@ struct BwdSmem {
         full(kv_full + 1),
         empty(kv_full + 1 + C::kStages),
         dq_full(kv_full + 1 + 2 * C::kStages),
-        dq_empty(kv_full + 3 + 2 * C::kStages) {}
+        dq_empty(kv_full + 3 + 2 * C::kStages),
+        do_full(kv_full + 1 + 2 * C::kStages),  // (never with the deterministic ones)
+        do_empty(kv_full + 2 + 2 * C::kStages) {}
 };
 
 // One thread's 64x64 dQ piece fragment (wgmma accumulator registers) into a
@@ -451,7 +466,8 @@ struct BwdCta {
 }  // namespace sm90
 }  // namespace flash4
 
-#include "sm90/bwd_consumer_d256.cuh"  // needs the types above; the kernel below calls it
+#include "sm90/bwd_consumer_d256.cuh"     // need the types above; the kernel below calls them
+#include "sm90/bwd_consumer_d256x80.cuh"
 
 namespace flash4 {
 namespace sm90 {
@@ -602,14 +618,19 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         mbar_init(&dq_empty[w], 1);   // the writer
       }
     }
+    if constexpr (C::kKeys80) {
+      mbar_init(bars + 1 + 2 * kS, 1);  // do_full
+      mbar_init(bars + 2 + 2 * kS, 8);  // do_empty: every consumer warp
+    }
     mbar_init_fence();
   }
   // Panels with no data (head dims 136..192 on the 256 kernel): zeroed once,
   // never loaded or stored (sm90/panels.cuh). Compile-time all below 256.
-  const int np = C::kSharedKeys ? args.data_panels : C::kPanels;
-  if constexpr (C::kSharedKeys) {
-    zero_tail_panels<C::kPanels>(sK, C::kKBytes, 2, C::kPanelBytesN, np);        // K, V
-    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, 2 * kS, C::kPanelBytesM, np);  // Q, dO stages
+  const int np = C::kD256 ? args.data_panels : C::kPanels;
+  if constexpr (C::kD256) {
+    zero_tail_panels<C::kPanels>(sK, C::kKBytes, 2, C::kPanelBytesN, np);  // K, V
+    zero_tail_panels<C::kPanels>(sQ, C::kQBytes, kS + C::kStagesDO, C::kPanelBytesM,
+                                 np);  // Q, dO stages
   }
   __syncthreads();
 
@@ -648,6 +669,39 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         const int s = it % kS;
         const uint32_t ph = (it / kS) & 1;
         mbar_wait(&empty[s], ph ^ 1);
+        if constexpr (C::kKeys80) {
+          // Q and the row arrays on full[s]; dO, single-buffered, on
+          // do_full once the consumers released the previous one.
+          uint64_t* do_full = bars + 1 + 2 * kS;
+          uint64_t* do_empty = bars + 2 + 2 * kS;
+          mbar_arrive_expect_tx(&full[s], np * C::kPanelBytesM + 2 * C::kRowBytes);
+          const int2 rc = args.rs.map_coord(b, h, sqi.q_start, m * kBM);
+          tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
+          tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
+#pragma unroll
+          for (int p = 0; p < C::kPanels; ++p) {
+            if (p >= np) continue;
+            uint8_t* q_dst = sQ + s * C::kQBytes + p * C::kPanelBytesM;
+            if (args.q_ragged)
+              tma_load_5d(q_dst, &args.tm_q, &full[s], p * 64, sqi.q_row + m * kBM, h, sqi.mb,
+                          sqi.q_ext);
+            else
+              tma_load_4d(q_dst, &args.tm_q, &full[s], p * 64, m * kBM, h, b);
+          }
+          mbar_wait(do_empty, (it & 1) ^ 1);
+          mbar_arrive_expect_tx(do_full, np * C::kPanelBytesM);
+#pragma unroll
+          for (int p = 0; p < C::kPanels; ++p) {
+            if (p >= np) continue;
+            uint8_t* do_dst = sDO + p * C::kPanelBytesM;
+            if (args.q_ragged)
+              tma_load_5d(do_dst, &args.tm_do, do_full, p * 64, sqi.q_row + m * kBM, h, sqi.mb,
+                          sqi.q_ext);
+            else
+              tma_load_4d(do_dst, &args.tm_do, do_full, p * 64, m * kBM, h, b);
+          }
+          continue;
+        }
         mbar_arrive_expect_tx(&full[s], 2 * np * C::kPanelBytesM + 2 * C::kRowBytes);
 #pragma unroll
         for (int p = 0; p < C::kPanels; ++p) {
@@ -719,7 +773,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 
   // -------------------------------------------------------------- consumers
   setmaxnreg_inc<C::kConsumerRegs>();
-  if constexpr (C::kSharedKeys) {
+  if constexpr (C::kKeys80) {
+    const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
+    bwd_consumers_keys80<C>(args, smem, work, iter_hm, row_offset);
+  } else if constexpr (C::kSharedKeys) {
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
     bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
   } else {
@@ -1148,7 +1205,8 @@ __host__ __device__ constexpr int bwd_post_rows() {
   return kD == 256 ? 32 : 8192 / kD;
 }
 
-template <typename T, int kD>
+// kTransposed: the 80-key head-dim-256 kernel's dQ^T pieces (dq_post_source).
+template <typename T, int kD, bool kTransposed = false>
 __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs a) {
   constexpr int kRows = bwd_post_rows<kD>();
   constexpr int kChunkRows = kD == 256 ? 64 : kRows;  // the main kernel's kBlockM
@@ -1167,8 +1225,8 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
       a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kChunkRows) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
     // Layout: dq_piece_offset; the mapping is host-tested (tests/test_fragments.cpp).
-    const DqPieceFloat f = dq_post_source(kD, e, part);
-    const RowCol rc = dq_post_dest(kD, f.piece, f.off, part, kRows);
+    const DqPieceFloat f = dq_post_source(kD, e, part, kTransposed);
+    const RowCol rc = dq_post_dest(kD, f.piece, f.off, part, kRows, kTransposed);
     tile[rc.row * kLd + rc.col] = chunk[f.piece * 4096 + f.off];
   }
   __syncthreads();

@@ -41,10 +41,14 @@ inline int bwd_block_m(int kd) {
          : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockM
                      : BwdConfig<256, __nv_bfloat16, false>::kBlockM;
 }
-inline int bwd_block_n(int kd) {
+// Keys per CTA; head dim 256 depends on the mode (BwdConfig::kKeys80:
+// default mode without softcap runs 80-key blocks).
+inline int bwd_block_n(int kd, bool deterministic, bool softcap) {
   return kd == 64    ? BwdConfig<64, __nv_bfloat16, false>::kBlockN
          : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockN
-                     : BwdConfig<256, __nv_bfloat16, false>::kBlockN;
+         : deterministic || softcap
+             ? BwdConfig<256, __nv_bfloat16, false, true>::kBlockN
+             : BwdConfig<256, __nv_bfloat16, false>::kBlockN;
 }
 inline int bwd_post_rows(int kd) {
   return kd == 64 ? bwd_post_rows<64>() : kd == 128 ? bwd_post_rows<128>() : bwd_post_rows<256>();
@@ -96,10 +100,13 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (l.post_blocks > 0) {
-    bwd_postprocess_kernel<T, kD><<<dim3(static_cast<unsigned>(l.post_blocks),
-                                         static_cast<unsigned>(l.heads_q),
-                                         static_cast<unsigned>(l.batch)),
-                                    256, 0, stream>>>(l.post);
+    const dim3 grid(static_cast<unsigned>(l.post_blocks), static_cast<unsigned>(l.heads_q),
+                    static_cast<unsigned>(l.batch));
+    // The 80-key head-dim-256 kernel writes dQ^T pieces.
+    if (kD == 256 && !kDeterministic && !l.softcap)
+      bwd_postprocess_kernel<T, kD, true><<<grid, 256, 0, stream>>>(l.post);
+    else
+      bwd_postprocess_kernel<T, kD, false><<<grid, 256, 0, stream>>>(l.post);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }

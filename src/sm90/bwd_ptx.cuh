@@ -38,6 +38,19 @@ namespace sm90 {
 FLASH4_DEFINE_WGMMA_SS(wgmma_ss_tatb_m64n64k16, 64, 32, 32, 33, 34, 1, 1)
 
 // ---------------------------------------------------------------------------
+// Head dim 256 with 80-key blocks (bwd_consumer_d256x80.cuh):
+//   wgmma_ss_m64n40k16     both operands K-major: S = Q K_w^T, dP = dO V_w^T
+//                          for one consumer's 40 keys.
+//   wgmma_ss_ta_m64n80k16  A MN-major (trans-a = 1), B K-major:
+//                          dV^T += dO^T P and dK^T += Q^T dS, A the
+//                          transposed Q / dO panel (M = 64 head-dim columns
+//                          contiguous, a k16 step adds 2048 bytes), B the P /
+//                          dS buffer (80 key rows of 64 queries).
+// ---------------------------------------------------------------------------
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_m64n40k16, 40, 20, 20, 21, 22, 0, 0)
+FLASH4_DEFINE_WGMMA_SS(wgmma_ss_ta_m64n80k16, 80, 40, 40, 41, 42, 1, 0)
+
+// ---------------------------------------------------------------------------
 // Bulk (non-tensor) async copies. Addresses 16-byte aligned, sizes multiples
 // of 16 bytes.
 // ---------------------------------------------------------------------------

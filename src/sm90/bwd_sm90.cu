@@ -70,18 +70,23 @@ struct MapSpec {
   bool ragged;
   uint32_t box_rows;
 };
-bool encode_all(const BwdParams& p, sm90::BwdKernelArgs* a) {
+// deterministic: the mode that runs (sm90_bwd_run: only with query rows).
+bool encode_all(const BwdParams& p, bool deterministic, sm90::BwdKernelArgs* a) {
   const bool bf16 = p.dtype == DType::kBf16;
   const int kd = sm90::bwd_kernel_headdim(p.headdim);
   const uint32_t bm = static_cast<uint32_t>(sm90::bwd_block_m(kd));
-  const uint32_t bn = static_cast<uint32_t>(sm90::bwd_block_n(kd));
+  const uint32_t bn =
+      static_cast<uint32_t>(sm90::bwd_block_n(kd, deterministic, p.softcap > 0.f));
+  // dK / dV stores: 64 key rows per box (one consumer's keys, or a 64-key
+  // block), 80 for the 80-key head-dim-256 kernel (one box per panel).
+  const uint32_t bs = bn == 80 ? 80u : 64u;
   const MapSpec specs[6] = {
       {&a->tm_q, q_tensor(p), q_ragged(p), bm},
       {&a->tm_do, do_tensor(p), q_ragged(p), bm},
       {&a->tm_k, k_tensor(p), k_ragged(p), bn},
       {&a->tm_v, v_tensor(p), k_ragged(p), bn},
-      {&a->tm_dk, dk_tensor(p), q_ragged(p), 64},  // stores: ragged only for varlen
-      {&a->tm_dv, dv_tensor(p), q_ragged(p), 64},
+      {&a->tm_dk, dk_tensor(p), q_ragged(p), bs},  // stores: ragged only for varlen
+      {&a->tm_dv, dv_tensor(p), q_ragged(p), bs},
   };
   for (const MapSpec& s : specs)
     if (!sm90::tma_encode(s.map, s.t, bf16, s.ragged, s.box_rows)) return false;
@@ -105,7 +110,8 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     return no("sm90 backward with softcap needs softmax_scale > 0");
   if (p.batch > kMaxGridYZ || p.heads_q > kMaxGridYZ)
     return no("sm90 backward supports batch and heads_q up to 65535 (grid y/z)");
-  const int bn = sm90::bwd_block_n(sm90::bwd_kernel_headdim(p.headdim));
+  const int bn = sm90::bwd_block_n(sm90::bwd_kernel_headdim(p.headdim), p.deterministic,
+                                   p.softcap > 0.f);  // 64 <= any block_n (the 2^31 bound)
   if ((int64_t(p.seqlen_k) + bn - 1) / bn * p.heads_kv * p.batch > int64_t(INT32_MAX))
     return no("sm90 backward supports at most 2^31 - 1 key blocks (x kv heads x batch)");
   constexpr const char* kPath = "sm90 backward";
@@ -123,7 +129,7 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     // Encoded once here, so that a driver that rejects these maps gives a
     // reason instead of a failed launch.
     sm90::BwdKernelArgs probe;
-    if (!encode_all(p, &probe))
+    if (!encode_all(p, p.deterministic && p.seqlen_q > 0, &probe))
       return no("sm90 backward: the driver rejected the tensor maps of this call (varlen, "
                 "seqused_k or head dim " + std::to_string(p.headdim) + ")");
   }
@@ -150,7 +156,6 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   const int kd = sm90::bwd_kernel_headdim(p.headdim);
   if (ws.d_pad != static_cast<uint64_t>(kd)) return cudaErrorInvalidValue;  // layout mismatch
   const int block_m = sm90::bwd_block_m(kd);
-  const int block_n = sm90::bwd_block_n(kd);
   const int post_rows = sm90::bwd_post_rows(kd);
   uint8_t* base = static_cast<uint8_t*>(p.workspace);
   float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
@@ -171,12 +176,13 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   l.batch = p.batch;
   l.heads_q = p.heads_q;
   l.heads_kv = p.heads_kv;
-  l.n_blocks = (p.seqlen_k + block_n - 1) / block_n;
   l.prep_blocks = static_cast<int>(ws.sq_pad / 64);
   l.post_blocks = (p.seqlen_q + post_rows - 1) / post_rows;
   // Without query rows there is no dQ to order (and no preprocess to zero
   // the semaphores): the plain kernel is the deterministic one.
   l.deterministic = p.deterministic && l.prep_blocks > 0;
+  const int block_n = sm90::bwd_block_n(kd, l.deterministic, p.softcap > 0.f);
+  l.n_blocks = (p.seqlen_k + block_n - 1) / block_n;
   const sm90::MaskEdges edges = sm90::mask_edges(p);
   const int left = edges.left;
   const int right = edges.right;
@@ -192,7 +198,7 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
 
   sm90::BwdKernelArgs& a = l.main;
   a = sm90::BwdKernelArgs{};
-  if (l.n_blocks > 0 && !encode_all(p, &a)) return cudaErrorInvalidValue;
+  if (l.n_blocks > 0 && !encode_all(p, l.deterministic, &a)) return cudaErrorInvalidValue;
   if (l.n_blocks > 0 && l.prep_blocks > 0) {
     // The row arrays as 2-D maps, one row of the map per (b, h) (batched) or
     // per h (varlen): rows [x, x + block_m) of row y per query block.

@@ -70,6 +70,20 @@ FLASH4_HD constexpr uint32_t stmatrix_c_offset(int warp, int lane, int c0) {
 // has chunks 8p .. 8p + 7).
 FLASH4_HD constexpr int stmatrix_c_reg(int c0, int m) { return 4 * (c0 + (m >> 1)) + 2 * (m & 1); }
 
+// stmatrix.x4.trans that stores an accumulator (rows = 16 per warp, columns
+// = 8-column chunks) transposed, into a 128B-swizzled buffer whose rows are
+// the accumulator's columns (the 80-key backward: P, dS as [key rows][64
+// queries]; dK^T, dV^T as [key rows][64 head-dim columns]). Matrix m = l / 8
+// covers accumulator chunk c0 + (m >> 1) and rows 8 (m & 1) .. +7 of warp w's
+// 16; lane l addresses buffer row 8 (c0 + (m >> 1)) + (l & 7), whose 16 bytes
+// are those 8 accumulator rows. Its register is the pair stmatrix_t_reg (the
+// same pairs as stmatrix_c_reg). The .x2 form uses matrices 0, 1 (lanes 0..15).
+FLASH4_HD constexpr uint32_t stmatrix_t_offset(int warp, int lane, int c0) {
+  return sw128_byte_offset(static_cast<uint32_t>(8 * (c0 + ((lane >> 3) >> 1)) + (lane & 7)),
+                           static_cast<uint32_t>(16 * warp + 8 * ((lane >> 3) & 1)));
+}
+FLASH4_HD constexpr int stmatrix_t_reg(int c0, int m) { return 4 * (c0 + (m >> 1)) + 2 * (m & 1); }
+
 // dq_accum piece layout of the backward (64 x 64 fp32 wgmma accumulator
 // fragments): register i of thread t (0..127) is float (i / 4) 512 + 4 t + i % 4
 // of its 4096-float piece, so a thread's registers 4g..4g+3 are 16 contiguous
@@ -85,24 +99,33 @@ FLASH4_HD constexpr int dq_piece_thread(int off) { return (off & 511) >> 2; }
 // float `off` of piece `piece`. Head dim 256 runs two CTAs (part 0, 1) per
 // 64-row chunk, each 32 rows: threads [64 part, 64 part + 64) of every piece,
 // i.e. floats [256 part, 256 part + 256) of each 512-float group.
+// transposed (head dim 256, 80-key kernel, bwd_consumer_d256x80.cuh): each
+// piece holds a dQ^T fragment (rows = 64 head-dim columns, columns = the 64
+// queries), so a part's 32 queries are fragment columns [32 part, + 32):
+// registers 16 part .. + 15, floats [2048 part, 2048 part + 2048).
 struct DqPieceFloat {
   int piece, off;
 };
-FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part) {
-  return head_dim == 256 ? DqPieceFloat{e >> 11, ((e >> 8) & 7) * 512 + 256 * part + (e & 255)}
-                         : DqPieceFloat{e >> 12, e & 4095};
+FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part,
+                                                bool transposed = false) {
+  return transposed          ? DqPieceFloat{e >> 11, 2048 * part + (e & 2047)}
+         : head_dim == 256 ? DqPieceFloat{e >> 11, ((e >> 8) & 7) * 512 + 256 * part + (e & 255)}
+                           : DqPieceFloat{e >> 12, e & 4095};
 }
 // Where that float belongs in the CTA's rows x head_dim tile of dQ: piece w is
 // query rows [64 w, 64 w + 64) at head dim 64, and head-dim columns
 // [64 w, 64 w + 64) otherwise (the consumers' split of the dQ GEMM).
 // (wgmma_c_elem of the float's register and thread, written with shifts and
 // masks: the kernel's index math is then what it was before this function.)
-FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows) {
+FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows,
+                                        bool transposed = false) {
   const int i = dq_piece_reg(off), t = dq_piece_thread(off);
   const int warp = t >> 5, ln = t & 31;
   const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
   const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
-  return head_dim == 64 ? RowCol{64 * piece + r, c} : RowCol{r - part * rows, 64 * piece + c};
+  return transposed        ? RowCol{c - part * rows, 64 * piece + r}
+         : head_dim == 64 ? RowCol{64 * piece + r, c}
+                          : RowCol{r - part * rows, 64 * piece + c};
 }
 
 }  // namespace sm90

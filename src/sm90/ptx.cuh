@@ -172,6 +172,10 @@ __device__ __forceinline__ void reg_fence_array(float (&a)[N]) {
 #define FLASH4_WGMMA_O15(d) \
   , "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), \
   "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+// m64n40 (20 accumulators: two chunks and a half one).
+#define FLASH4_WGMMA_D20_STR FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 ", %16, %17, %18, %19"
+#define FLASH4_WGMMA_D20_OPS(d) \
+  FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19])
 #define FLASH4_WGMMA_D32_STR FLASH4_WGMMA_P0 FLASH4_WGMMA_P1 FLASH4_WGMMA_P2 FLASH4_WGMMA_P3
 #define FLASH4_WGMMA_D32_OPS(d) \
   FLASH4_WGMMA_O0(d) FLASH4_WGMMA_O1(d) FLASH4_WGMMA_O2(d) FLASH4_WGMMA_O3(d)
@@ -318,6 +322,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr
 __device__ __forceinline__ void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr),
                "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// stmatrix .x4 / .x2 .trans: as above, but row i of matrix j (address from
+// thread 8 j + i) receives column i of the fragment (rows 0..7).
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t smem_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   smem_addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+__device__ __forceinline__ void stmatrix_x2_trans(uint32_t smem_addr, uint32_t r0, uint32_t r1) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x2.trans.shared.b16 [%0], {%1, %2};\n" ::"r"(smem_addr),
+               "r"(r0), "r"(r1)
                : "memory");
 }
 
