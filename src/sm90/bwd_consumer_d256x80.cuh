@@ -135,6 +135,10 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
     for (int i = 0; i < kNKV; ++i) dv[t][i] = dk[t][i] = 0.f;
 
   mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
+  // dQ^T piece 1 is staged over this consumer's own two Q panels of the
+  // finished stage and bulk-added (as the 64-key kernel does): not with
+  // zero-filled tail panels (head dims 136..192), which add from registers.
+  const bool stage_dq = args.data_panels == C::kPanels;
 
   for (int it = 0; it < cta.n_iters; ++it) {
     const int2 hm = iter_hm(it);
@@ -188,6 +192,12 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
     bwd80_store_t<T>(ds_st + buf, dp_acc);
     fence_proxy_async_smem();  // the wgmmas of both consumers read P and dS
     named_bar_sync(kBwdBarDS, 256);
+    // Staged dQ: the previous stage is released once its bulk add has read
+    // it (one thread per consumer; the empty barrier counts 2 then).
+    if (stage_dq && it > 0 && wthr == 0) {
+      tma_store_wait_read_all();
+      mbar_arrive(&sm.empty[(it - 1) % kS]);
+    }
 
     // ---- dV^T += dO^T P, dK^T += Q^T dS (this consumer's two head-dim
     //      tiles), dQ^T pieces = K^T dS^T
@@ -260,11 +270,26 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
       wgmma_wait_group<1>();  // dK^T: the Q stage and its row arrays are read
       reg_fence_array(dk[0]);
       reg_fence_array(dk[1]);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.empty[s]);
+      if (!stage_dq) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&sm.empty[s]);
+      }
       wgmma_wait_group<0>();
       reg_fence_array(dq);
-      add_dq(1);
+      if (stage_dq) {
+        // This consumer's Q panels of stage s: its own dK^T was their last
+        // reader (the other consumer's S read them before the barrier).
+        float* st = reinterpret_cast<float*>(sm.q + s * C::kQBytes + 2 * cw * C::kPanelBytesM);
+        bwd_store_dq_piece(st, dq, wthr);
+        fence_proxy_async_smem();
+        named_bar_sync(kBwdBarWG0 + cw, 128);
+        if (wthr == 0) {
+          bulk_reduce_add_f32(dst + C::kDQPieceFloats, st, C::kDQPieceBytes);
+          tma_store_commit();
+        }
+      } else {
+        add_dq(1);
+      }
     }
   }
 

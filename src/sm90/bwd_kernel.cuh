@@ -610,7 +610,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       mbar_init(&full[s], 1);
       // Every consumer warp; head dim 256 default mode: one thread per
       // consumer, once its dQ staging in the stage has been read.
-      mbar_init(&empty[s], C::kSharedKeys && !C::kDeterministic ? 2 : 8);
+      // 80-key kernel: the same when dQ is staged (no tail panels).
+      mbar_init(&empty[s], (C::kSharedKeys && !C::kDeterministic) ||
+                                   (C::kKeys80 && args.data_panels == C::kPanels)
+                               ? 2
+                               : 8);
     }
     if constexpr (C::kDeterministic) {
       for (int w = 0; w < 2; ++w) {
