@@ -50,6 +50,10 @@
 //               threads (thread 32 for consumer 0's pieces, 64 for consumer
 //               1's: warps 1 and 2 of WG0) from staged pieces (dq_full /
 //               dq_empty mbarriers), see "Deterministic mode".
+//    Head dim 256: 64-key blocks whose head dim the consumers split
+//    (bwd_consumer_d256.cuh), or, in default mode without softcap, 80-key
+//    blocks with transposed dK / dV / dQ GEMMs and one dO stage (on its own
+//    do_full / do_empty barriers; bwd_consumer_d256x80.cuh).
 // 3. bwd_postprocess_kernel: grid (ceil(Sq/kBlockM), Hq, B). dq = c * dq_accum
 //    in the output dtype, through a shared-memory transpose (16-byte stores).
 //

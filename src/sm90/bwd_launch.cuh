@@ -102,11 +102,13 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   if (l.post_blocks > 0) {
     const dim3 grid(static_cast<unsigned>(l.post_blocks), static_cast<unsigned>(l.heads_q),
                     static_cast<unsigned>(l.batch));
-    // The 80-key head-dim-256 kernel writes dQ^T pieces.
-    if (kD == 256 && !kDeterministic && !l.softcap)
-      bwd_postprocess_kernel<T, kD, true><<<grid, 256, 0, stream>>>(l.post);
-    else
-      bwd_postprocess_kernel<T, kD, false><<<grid, 256, 0, stream>>>(l.post);
+    // The 80-key head-dim-256 kernel writes dQ^T pieces (instantiated there only).
+    bool transposed = false;
+    if constexpr (kD == 256 && !kDeterministic) {
+      transposed = !l.softcap;
+      if (transposed) bwd_postprocess_kernel<T, kD, true><<<grid, 256, 0, stream>>>(l.post);
+    }
+    if (!transposed) bwd_postprocess_kernel<T, kD, false><<<grid, 256, 0, stream>>>(l.post);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
