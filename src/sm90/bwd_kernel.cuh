@@ -130,6 +130,7 @@
 #include <cuda.h>
 #include <cstdint>
 #include "sm90/bwd_ptx.cuh"
+#include "sm90/bwd_blocks.hpp"
 #include "sm90/fast_div.hpp"
 #include "sm90/fragments.hpp"
 #include "sm90/panels.cuh"
@@ -343,24 +344,6 @@ __device__ __forceinline__ SeqCoords bwd_seq(const BwdKernelArgs& a, int b) {
   return seq_coords(a.rs.cu_seqlens_q, a.cu_seqlens_k, a.seqused_k, a.rs.seqlen_q, a.seqlen_k, b);
 }
 
-// Query blocks [x, y) whose rows see a key of key block n_block. Key j is
-// visible to query i iff j < sk, j <= i + off + right (right >= 0) and
-// j >= i + off - left (left >= 0), off = sk - sq. The rows that see some key
-// of [j0, j1] are exactly [j0 - off - right, j1 - off + left] within
-// [0, sq), so the range is exact: the deterministic mode relies on it.
-template <int kBM, int kBN>
-__device__ __forceinline__ int2 bwd_m_range(int n_block, int sq, int sk, int left, int right) {
-  const int64_t j0 = static_cast<int64_t>(n_block) * kBN;
-  if (j0 >= sk || sq <= 0) return make_int2(0, 0);
-  const int64_t j1 = min(j0 + kBN, static_cast<int64_t>(sk)) - 1;
-  const int64_t off = static_cast<int64_t>(sk) - sq;
-  int64_t i_lo = 0, i_hi = sq - 1;
-  if (right >= 0) i_lo = max(i_lo, j0 - off - right);
-  if (left >= 0) i_hi = min(i_hi, j1 - off + left);
-  if (i_lo > i_hi) return make_int2(0, 0);
-  return make_int2(static_cast<int>(i_lo / kBM), static_cast<int>(i_hi / kBM) + 1);
-}
-
 // Shared-memory regions of a CTA (offsets in C, from the 1024-aligned base).
 template <class C>
 struct BwdSmem {
@@ -549,9 +532,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   // Mask edges (-1: unbounded); compile-time for the causal and plain kernels.
   const int right = C::kCausal ? 0 : (C::kLocal ? args.window_right : -1);
   const int left = C::kLocal ? args.window_left : -1;
-  const int2 m_range = bwd_m_range<kBM, kBN>(n_block, Sq, Sk, left, right);
-  const int m_begin = m_range.x;
-  const int nm = m_range.y - m_range.x;  // query blocks per head
+  const BwdBlockRange m_range = bwd_m_range<kBM, kBN>(n_block, Sq, Sk, left, right);
+  const int m_begin = m_range.begin;
+  const int nm = m_range.end - m_range.begin;  // query blocks per head
   const int n_iters = nm * args.group;
   // Deterministic, no mask: rotated order (file comment, "Deterministic
   // mode"). nk = key blocks with keys; CTA n starts at query block
@@ -578,7 +561,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       r = it % nm;
     }
     if constexpr (C::kDeterministic && C::kCausal)  // m descending, head fastest
-      return make_int2(h_kv * args.group + r, m_range.y - 1 - q);
+      return make_int2(h_kv * args.group + r, m_range.end - 1 - q);
     else if constexpr (kRotatable) {
       const int m = m0 + r < nm ? m0 + r : m0 + r - nm;  // (m0 + r) mod nm; m_begin = 0 here
       return make_int2(h_kv * args.group + q, rotate ? m : m_begin + r);
@@ -603,6 +586,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       const int r = n_star - n_block;
       return r >= 0 ? r : r + nk;
     }
+    // bwd_first_adder's formula (sm90/bwd_blocks.hpp, host-tested), written
+    // out: the call compiled the deterministic kernels differently (SASS).
     const int64_t first_key = static_cast<int64_t>(m) * kBM + (static_cast<int64_t>(Sk) - Sq) - left;
     return n_block - (left >= 0 ? static_cast<int>(max(int64_t(0), first_key) / kBN) : 0);
   };
