@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -117,6 +118,7 @@ struct BenchOptions {
   std::vector<int> seqlens{512, 1024, 2048, 4096, 8192, 16384};
   std::vector<int> causal{0, 1};
   std::vector<int> deterministic{0};  // bwd: 0, 1 or both (rows side by side)
+  double softcap = 0;                 // 0: off
   flash4_dtype dtype = FLASH4_DTYPE_BF16;
   flash4_path path = FLASH4_PATH_AUTO;
   bool backward = false;
@@ -142,6 +144,8 @@ inline void bench_usage(FILE* f) {
       "  --mode fwd|bwd     (default fwd)\n"
       "  --deterministic LIST  bwd only: 0, 1 or 0,1 (default 0); 1 = bitwise\n"
       "                     reproducible dq (impl gets a -det suffix)\n"
+      "  --softcap X        scores through X*tanh(s/X) (default 0: off; impl gets a\n"
+      "                     -softcap suffix)\n"
       "  --tokens N         total tokens per call (default 16384)\n"
       "  --hidden N         heads * headdim (default 2048)\n"
       "  --warmup N         untimed calls per shape (default 10)\n"
@@ -183,6 +187,11 @@ inline int parse_bench_options(int argc, char** argv, BenchOptions* o) {
     } else if (a == "--deterministic") {
       ok = parse_int_list(v, &o->deterministic) &&
            std::all_of(o->deterministic.begin(), o->deterministic.end(), [](int x) { return x == 0 || x == 1; });
+    } else if (a == "--softcap") {
+      char* end = nullptr;
+      const double x = std::strtod(v.c_str(), &end);
+      ok = !v.empty() && *end == '\0' && std::isfinite(x) && x >= 0;
+      o->softcap = x;
     } else if (a == "--dtype") {
       ok = v == "bf16" || v == "fp16";
       o->dtype = v == "fp16" ? FLASH4_DTYPE_FP16 : FLASH4_DTYPE_BF16;
@@ -295,6 +304,10 @@ inline std::string json_line(const BenchOptions& o, const BenchContext& c, const
      << ",\"seqlen\":" << r.shape.seqlen << ",\"batch\":" << r.shape.batch << ",\"heads\":" << r.shape.heads
      << ",\"dtype\":\"" << hn::dtype_name(o.dtype) << "\"";
   if (o.backward) js << ",\"deterministic\":" << (r.deterministic ? "true" : "false");
+  if (o.softcap > 0) {
+    std::snprintf(num, sizeof num, "%g", o.softcap);
+    js << ",\"softcap\":" << num;
+  }
   if (r.status == "ok") {
     std::snprintf(num, sizeof num, "%.6f", r.ms);
     js << ",\"ms\":" << num;
@@ -324,6 +337,7 @@ inline void bench_args(const BenchOptions& o, const Shape& sh, bool causal, bool
   opt.window_left = -1;
   opt.window_right = -1;
   opt.path = o.path;
+  opt.softcap = o.softcap;
   std::memset(fa, 0, sizeof *fa);
   fa->q = hn::dense_tensor(s.q.data(), dt, shape);
   fa->k = hn::dense_tensor(s.k.data(), dt, shape);
@@ -355,7 +369,8 @@ inline std::string status_text(flash4_status st) {
 inline void bench_one(const BenchOptions& o, const Shape& sh, bool causal, bool deterministic,
                       std::vector<BenchSet>& sets, hn::DeviceBuffer& workspace, const hn::Stream& stream,
                       BenchRow* row) {
-  const std::string suffix = deterministic ? "-det" : "";
+  const std::string suffix =
+      std::string(deterministic ? "-det" : "") + (o.softcap > 0 ? "-softcap" : "");
   row->shape = sh;
   row->causal = causal;
   row->deterministic = deterministic;
@@ -465,9 +480,11 @@ inline int bench_main(int argc, char** argv) {
               ctx.cuda.c_str(), ctx.runtime.c_str(), ctx.commit.c_str());
   std::string det_list;
   for (int x : o.deterministic) det_list += (det_list.empty() ? "" : ",") + std::to_string(x);
-  std::printf("# mode %s%s, dtype %s, path %s, tokens %ld, hidden %ld, %zu input set(s) of %.0f MiB, "
+  char softcap_text[48] = "";
+  if (o.softcap > 0) std::snprintf(softcap_text, sizeof softcap_text, ", softcap %g", o.softcap);
+  std::printf("# mode %s%s%s, dtype %s, path %s, tokens %ld, hidden %ld, %zu input set(s) of %.0f MiB, "
               "median of %d after %d warm-up\n",
-              o.backward ? "bwd" : "fwd", o.backward ? (", deterministic " + det_list).c_str() : "",
+              o.backward ? "bwd" : "fwd", o.backward ? (", deterministic " + det_list).c_str() : "", softcap_text,
               hn::dtype_name(o.dtype), flash4_path_name(o.path), o.tokens, o.hidden, n_sets, set_bytes / 1048576.0,
               o.iters, o.warmup);
   std::fflush(stdout);
