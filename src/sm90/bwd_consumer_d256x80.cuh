@@ -20,8 +20,12 @@
 //   consumer w, head-dim columns [128 w, 128 w + 128) as two m64 tiles:
 //     dV^T += dO^T P,  dK^T += Q^T dS      SS wgmma m64n80, A MN-major
 //     dQ^T  = K^T dS^T                     SS wgmma m64n64, both MN-major,
-//              two 64 x 64 pieces, added to dq_accum from registers
+//              two 64 x 64 pieces: piece 0 added from registers
 //              (red.global.add.v4.f32, as FlashAttention-3 does at 256)
+//              while dK^T runs, piece 1 staged over this consumer's own Q
+//              panels of the finished stage and bulk-added (the stage is
+//              released after the next barrier; register adds with the
+//              zero-filled tail panels of head dims 136..192)
 //   registers: dK^T and dV^T 4 x 40, S and dP 2 x 20, one dQ^T piece 32
 //   (S and dP are dead by then; the two pieces one after the other).
 // Shared memory: K and V 80 KB, Q two stages (64 KB), dO one stage (32 KB,
