@@ -142,7 +142,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
   // dQ^T piece 1 is staged over this consumer's own two Q panels of the
   // finished stage and bulk-added (as the 64-key kernel does): not with
   // zero-filled tail panels (head dims 136..192), which add from registers.
-  const bool stage_dq = args.data_panels == C::kPanels;
+  const bool stage_dq = C::keys80_stages_dq(args.data_panels);
 
   for (int it = 0; it < cta.n_iters; ++it) {
     const int2 hm = iter_hm(it);

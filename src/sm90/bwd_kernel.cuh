@@ -303,8 +303,9 @@ struct BwdConfig {
   // staged over the consumer's own panels of the finished Q / dO stage
   // (bwd_consumer_d256.cuh; deterministic: vector reductions from registers);
   // P^T crosses from consumer 0 to consumer 1 in fp32.
-  // 80-key kernel: dQ from registers (vector reductions, as FlashAttention-3
-  // does at head dim 256); P and dS in 16 bits, two buffers each.
+  // 80-key kernel: one dQ piece by vector reductions, the other staged over
+  // the finished Q stage (bwd_consumer_d256x80.cuh); P and dS in 16 bits, two
+  // buffers each.
   static constexpr int kDQStageBytes = kD256 ? 0 : 2 * kDQPieceBytes;
   static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : kKeys80 ? 2 * kDSBytes : 0;
 
@@ -324,6 +325,13 @@ struct BwdConfig {
   //   dim 256: consumer <-> turn keeper, see bwd_consumer_d256.cuh)
   // + 80-key kernel: do_full, do_empty (the single dO buffer)
   static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0) + (kKeys80 ? 2 : 0);
+  static constexpr int kBarDO = 1 + 2 * kStages + (kDeterministic ? 4 : 0);  // do_full, do_empty
+  // 80-key kernel: dQ piece 1 is staged over the finished Q stage unless the
+  // stage has zero-filled tail panels (head dims 136..192); the stage is then
+  // released by one thread per consumer (empty barrier count 2, else 8).
+  __device__ static bool keys80_stages_dq(int data_panels) {
+    return kKeys80 && data_panels == kPanels;
+  }
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
   static constexpr int kSmemBytes =
       kOffTicket + (kDeterministic ? 16 : 0) + 1024;  // + alignment slack
@@ -378,8 +386,8 @@ struct BwdSmem {
         empty(kv_full + 1 + C::kStages),
         dq_full(kv_full + 1 + 2 * C::kStages),
         dq_empty(kv_full + 3 + 2 * C::kStages),
-        do_full(kv_full + 1 + 2 * C::kStages),  // (never with the deterministic ones)
-        do_empty(kv_full + 2 + 2 * C::kStages) {}
+        do_full(kv_full + C::kBarDO),
+        do_empty(kv_full + C::kBarDO + 1) {}
 };
 
 // One thread's 64x64 dQ piece fragment (wgmma accumulator registers) into a
@@ -599,9 +607,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       mbar_init(&full[s], 1);
       // Every consumer warp; head dim 256 default mode: one thread per
       // consumer, once its dQ staging in the stage has been read.
-      // 80-key kernel: the same when dQ is staged (no tail panels).
       mbar_init(&empty[s], (C::kSharedKeys && !C::kDeterministic) ||
-                                   (C::kKeys80 && args.data_panels == C::kPanels)
+                                   C::keys80_stages_dq(args.data_panels)
                                ? 2
                                : 8);
     }
@@ -612,8 +619,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       }
     }
     if constexpr (C::kKeys80) {
-      mbar_init(bars + 1 + 2 * kS, 1);  // do_full
-      mbar_init(bars + 2 + 2 * kS, 8);  // do_empty: every consumer warp
+      mbar_init(bars + C::kBarDO, 1);      // do_full
+      mbar_init(bars + C::kBarDO + 1, 8);  // do_empty: every consumer warp
     }
     mbar_init_fence();
   }
@@ -665,34 +672,28 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         if constexpr (C::kKeys80) {
           // Q and the row arrays on full[s]; dO, single-buffered, on
           // do_full once the consumers released the previous one.
-          uint64_t* do_full = bars + 1 + 2 * kS;
-          uint64_t* do_empty = bars + 2 + 2 * kS;
+          uint64_t* do_full = bars + C::kBarDO;
+          uint64_t* do_empty = bars + C::kBarDO + 1;
+          // The data panels of query block m of head h (Q or dO) into a tile.
+          auto load_rows = [&](uint8_t* dst, const CUtensorMap* map, uint64_t* bar) {
+#pragma unroll
+            for (int p = 0; p < C::kPanels; ++p) {
+              if (p >= np) continue;
+              if (args.q_ragged)
+                tma_load_5d(dst + p * C::kPanelBytesM, map, bar, p * 64, sqi.q_row + m * kBM, h,
+                            sqi.mb, sqi.q_ext);
+              else
+                tma_load_4d(dst + p * C::kPanelBytesM, map, bar, p * 64, m * kBM, h, b);
+            }
+          };
           mbar_arrive_expect_tx(&full[s], np * C::kPanelBytesM + 2 * C::kRowBytes);
           const int2 rc = args.rs.map_coord(b, h, sqi.q_start, m * kBM);
           tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
           tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
-#pragma unroll
-          for (int p = 0; p < C::kPanels; ++p) {
-            if (p >= np) continue;
-            uint8_t* q_dst = sQ + s * C::kQBytes + p * C::kPanelBytesM;
-            if (args.q_ragged)
-              tma_load_5d(q_dst, &args.tm_q, &full[s], p * 64, sqi.q_row + m * kBM, h, sqi.mb,
-                          sqi.q_ext);
-            else
-              tma_load_4d(q_dst, &args.tm_q, &full[s], p * 64, m * kBM, h, b);
-          }
+          load_rows(sQ + s * C::kQBytes, &args.tm_q, &full[s]);
           mbar_wait(do_empty, (it & 1) ^ 1);
           mbar_arrive_expect_tx(do_full, np * C::kPanelBytesM);
-#pragma unroll
-          for (int p = 0; p < C::kPanels; ++p) {
-            if (p >= np) continue;
-            uint8_t* do_dst = sDO + p * C::kPanelBytesM;
-            if (args.q_ragged)
-              tma_load_5d(do_dst, &args.tm_do, do_full, p * 64, sqi.q_row + m * kBM, h, sqi.mb,
-                          sqi.q_ext);
-            else
-              tma_load_4d(do_dst, &args.tm_do, do_full, p * 64, m * kBM, h, b);
-          }
+          load_rows(sDO, &args.tm_do, do_full);
           continue;
         }
         mbar_arrive_expect_tx(&full[s], 2 * np * C::kPanelBytesM + 2 * C::kRowBytes);
