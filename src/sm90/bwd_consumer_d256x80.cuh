@@ -133,6 +133,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
   float s_acc[kNS];   // S, then P
   float dp_acc[kNS];  // dP, then dS
   float dq[32];        // one dQ^T piece
+  float g[C::kSoftcap ? kNS : 1];  // softcap: 1 - t^2 of the S fragment
 #pragma unroll
   for (int t = 0; t < 2; ++t)
 #pragma unroll
@@ -173,7 +174,16 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int i = 4 * c + 2 * hh + e;
-          float x = fmaf(s_acc[i], c2, -lse2[hh]);
+          float x;
+          if constexpr (C::kSoftcap) {
+            // P = exp2(cap log2(e) t - lse), t = tanh(scale s / cap); dS
+            // takes the derivative 1 - t^2 (kept in g until P is stored).
+            const float t = softcap_tanh(s_acc[i], args.softcap_pre);
+            g[i] = fmaf(-t, t, 1.0f);
+            x = fmaf(t, c2, -lse2[hh]);
+          } else {
+            x = fmaf(s_acc[i], c2, -lse2[hh]);
+          }
           if (tile.any) {
             const int key = static_cast<int>(j_first) + kw0 + 8 * c + 2 * quad + e;
             const int d = key - (q0 + row0 + 8 * hh) - shift;
@@ -186,6 +196,10 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
         }
     // P -> its buffer, transposed (key rows of 64 queries), by stmatrix.trans.
     bwd80_store_t<T>(p_st + buf, s_acc);
+    if constexpr (C::kSoftcap) {
+#pragma unroll
+      for (int i = 0; i < kNS; ++i) s_acc[i] *= g[i];  // P (1 - t^2) for dS
+    }
 
     // ---- dS = P (dP - D[query]) -> its buffer, transposed
     const float dsum2[2] = {dsum_s[row0], dsum_s[row0 + 8]};
@@ -269,6 +283,9 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
       if (lane == 0) mbar_arrive(sm.do_empty);
       wgmma_wait_group<1>();  // piece 0
       reg_fence_array(dq);
+      // Deterministic: this consumer's turn on (h, m), granted by its turn
+      // keeper (bwd_kernel.cuh) once the earlier key blocks' adds are in.
+      if constexpr (C::kDeterministic) mbar_wait(&sm.dq_empty[cw], it & 1);
       add_dq(0);
       issue_dq(1);  // the same registers (two sets spilled: dK^T and dV^T hold 160)
       wgmma_wait_group<1>();  // dK^T: the Q stage and its row arrays are read
@@ -293,6 +310,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
         }
       } else {
         add_dq(1);
+        if constexpr (C::kDeterministic) mbar_arrive(&sm.dq_full[cw]);  // this thread's adds issued
       }
     }
   }

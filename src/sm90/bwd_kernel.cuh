@@ -245,7 +245,7 @@ struct BwdConfig {
   // iteration, the consumers split the keys for S / dP (40 each) and the head
   // dim for the swapped GEMMs dV^T, dK^T, dQ^T (bwd_consumer_d256x80.cuh):
   // 20% fewer dQ reductions and Q / dO bytes per FLOP than 64-key blocks.
-  static constexpr bool kKeys80 = kHeadDim == 256 && !kDeterministic && !kSoftcap;
+  static constexpr bool kKeys80 = kHeadDim == 256;
   // Head dim 256 otherwise: the two consumers share one block of 64 keys and
   // split the head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK
   // and dV do not fit in one warpgroup's registers.
@@ -330,7 +330,7 @@ struct BwdConfig {
   // stage has zero-filled tail panels (head dims 136..192); the stage is then
   // released by one thread per consumer (empty barrier count 2, else 8).
   __device__ static bool keys80_stages_dq(int data_panels) {
-    return kKeys80 && data_panels == kPanels;
+    return kKeys80 && !kDeterministic && data_panels == kPanels;
   }
   static constexpr int kOffTicket = kOffBar + 8 * kNumBars;  // deterministic: the CTA's ticket
   static constexpr int kSmemBytes =
@@ -716,7 +716,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
-    } else if (C::kDeterministic && !C::kSharedKeys && (tid == 32 || tid == 64)) {
+    } else if (C::kDeterministic && !C::kD256 && (tid == 32 || tid == 64)) {
       // dQ writers (deterministic), one per consumer piece: thread 32 takes
       // consumer 0's pieces, thread 64 (another warp) consumer 1's. Each waits
       // for its staged piece, for its turn on the piece's semaphore,
@@ -743,7 +743,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         __threadfence();
         red_release_gpu_add_s32(sem, 1);  // the next key block's turn
       }
-    } else if (C::kDeterministic && C::kSharedKeys && (tid == 32 || tid == 64)) {
+    } else if (C::kDeterministic && C::kD256 && (tid == 32 || tid == 64)) {
       // Turn keepers (deterministic, head dim 256; bwd_consumer_d256.cuh):
       // the consumers add dQ from registers (nothing is staged); thread 32
       // (consumer 0's pieces) and thread 64 (consumer 1's), in different
