@@ -296,7 +296,7 @@ INSTANTIATE_TEST_SUITE_P(GpuBwd, GpuBwdWindow, ::testing::ValuesIn(window_cases(
 std::vector<Case> softcap_cases() {
   std::vector<Case> v;
   for (flash4_dtype dt : {FLASH4_DTYPE_BF16, FLASH4_DTYPE_FP16})
-    for (int d : {64, 128})
+    for (int d : {64, 128, 256})
       for (int causal = 0; causal < 2; ++causal) {
         Case c;
         Problem& p = c.p;
@@ -605,7 +605,7 @@ std::vector<Case> deterministic_cases() {
   // Unmasked: rotated order (nm >= nk: integer and non-integer ratios, varlen), and not (nm < nk).
   add("fp16_d128_gqa_300x1000", 2, 300, 1000, 4, 2, 128, false, FLASH4_DTYPE_FP16);
   add("bf16_d64_1100x1024", 2, 1100, 1024, 4, 2, 64, false, FLASH4_DTYPE_BF16);  // nm = nk + 1
-  // Head dim 256 kernel (consumers wait for their turn; 64-key blocks): rotated and ascending
+  // Head dim 256 kernel (consumers wait for their turn; 80-key blocks): rotated and ascending
   // order, causal, a window with softcap, d192 (a panel without data).
   add("bf16_d256_gqa_300x1000", 2, 300, 1000, 4, 2, 256, false, FLASH4_DTYPE_BF16);
   add("fp16_d256_causal_1023x1024", 1, 1023, 1024, 2, 1, 256, true, FLASH4_DTYPE_FP16);
@@ -613,6 +613,9 @@ std::vector<Case> deterministic_cases() {
   v.back().p.window_left = 200; v.back().p.window_right = 100; v.back().p.softcap = 20.0;
   v.back().p.input_std = 2.0;
   add("bf16_d256_mqa_2100x2100", 1, 2100, 2100, 4, 1, 256, false, FLASH4_DTYPE_BF16);
+  // 80-key d256 kernel with softcap and a causal left window (first adder not block 0).
+  add("fp16_d256_causal_left_softcap_900x1100", 2, 900, 1100, 2, 1, 256, true, FLASH4_DTYPE_FP16);
+  v.back().p.window_left = 300; v.back().p.softcap = 30.0; v.back().p.input_std = 2.0;
   {
     Case c;
     c.name = "bf16_d128_varlen_seqused";
