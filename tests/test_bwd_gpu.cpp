@@ -384,7 +384,7 @@ std::vector<Case> headdim_cases() {
   c.name = "bf16_d96_padded_window";
   c.p.layout = Layout::kPadded; c.p.seqlen_q = 300; c.p.seqlen_k = 300; c.p.window_left = 30; c.p.window_right = 10;
   v.push_back(c);
-  // The head-dim-256 kernel (64 keys per CTA, head dim split over the consumers).
+  // The head-dim-256 kernel (80 keys per CTA, transposed dK / dV / dQ GEMMs).
   auto base = [](int sq, int sk, int d, int hq, int hkv) {
     Case k;
     k.p.batch = 1; k.p.seqlen_q = sq; k.p.seqlen_k = sk; k.p.headdim = d; k.p.heads_q = hq; k.p.heads_kv = hkv;

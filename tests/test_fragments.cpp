@@ -174,11 +174,9 @@ TEST(Fragments, DqPieceLayoutIsABijectionWithContiguousGroups) {
 // by exactly one postprocess CTA part and lands where the GEMM computed it.
 TEST(Fragments, DqPostprocessInvertsTheConsumersLayout) {
   using namespace flash4::sm90;
-  // d 256 twice: the 64-key kernel's layout, then the 80-key kernel's
-  // transposed one (dQ^T fragments: row = head-dim column, col = query).
-  for (int variant = 0; variant < 4; ++variant) {
-    const int d = variant == 0 ? 64 : variant == 1 ? 128 : 256;
-    const bool tr = variant == 3;
+  // d 256: the 80-key kernel's transposed pieces (dQ^T fragments: row =
+  // head-dim column, col = query).
+  for (const int d : {64, 128, 256}) {
     const int rows = d == 256 ? 32 : 8192 / d;  // rows per postprocess CTA
     const int parts = d == 256 ? 2 : 1;         // CTAs per chunk
     const int pieces = d == 256 ? 4 : 2;
@@ -189,19 +187,19 @@ TEST(Fragments, DqPostprocessInvertsTheConsumersLayout) {
         for (int i = 0; i < 32; ++i) {
           const RowCol c = wgmma_c_elem(t / 32, t % 32, i);
           written[static_cast<size_t>(w) * 4096 + dq_piece_offset(i, t)] =
-              tr        ? RowCol{c.col, 64 * w + c.row}
+              d == 256  ? RowCol{c.col, 64 * w + c.row}
               : d == 64 ? RowCol{64 * w + c.row, c.col}
                         : RowCol{c.row, 64 * w + c.col};
         }
     std::set<std::pair<int, int>> seen;
     for (int part = 0; part < parts; ++part)
       for (int e = 0; e < 8192; ++e) {
-        const DqPieceFloat f = dq_post_source(d, e, part, tr);
+        const DqPieceFloat f = dq_post_source(d, e, part);
         ASSERT_GE(f.piece, 0);
         ASSERT_LT(f.piece, pieces);
         ASSERT_GE(f.off, 0);
         ASSERT_LT(f.off, 4096);
-        const RowCol dst = dq_post_dest(d, f.piece, f.off, part, rows, tr);
+        const RowCol dst = dq_post_dest(d, f.piece, f.off, part, rows);
         ASSERT_GE(dst.row, 0);
         ASSERT_LT(dst.row, rows);
         ASSERT_GE(dst.col, 0);

@@ -1,12 +1,12 @@
-// Hopper backward, head dim 256, default mode without softcap: the consumer
-// warpgroups of the 80-key kernel (BwdConfig::kKeys80). The CTA, its
-// producer, the masks and the workspace are those of bwd_kernel.cuh (which
-// includes this file).
+// Hopper backward, head dim 256 (every mode): the consumer warpgroups of the
+// 80-key kernel (BwdConfig::kKeys80). The CTA, its producer, the masks and
+// the workspace are those of bwd_kernel.cuh (which includes this file).
 //
-// Why 80 keys: at head dim 256 the 64-key kernel (bwd_consumer_d256.cuh) is
-// bound by L2 (ncu: 79% of its peak), on the dQ reductions and the Q / dO
-// loads that every key block repeats per query block. A block of 80 keys does
-// the same L2 work for 25% more FLOPs (FlashAttention-3's 64 x 80 tile).
+// Why 80 keys: with 64-key blocks (the consumers splitting the head dim of
+// dK / dV) the head-dim-256 backward was bound by L2 (ncu: 79% of its peak),
+// on the dQ reductions and the Q / dO loads that every key block repeats per
+// query block. A block of 80 keys does the same L2 work for 25% more FLOPs
+// (FlashAttention-3's 64 x 80 tile).
 // 80 keys x 256 columns of dK and dV do not fit in registers as 64-row
 // accumulators (M = keys would have to be a multiple of 64), so the
 // gradients are computed transposed, with the head dim as M:
@@ -14,6 +14,7 @@
 //   (64 queries from q0):
 //     S    = Q K_w^T,  dP = dO V_w^T      SS wgmma m64n40, k = 256
 //     P    = exp2(c2 S - lse_log2[query]), masked; dS = P (dP - D[query])
+//              (softcap: S -> t = tanh(scale s / cap) in P, dS times 1 - t^2)
 //     P, dS -> shared memory as [80 key rows][64 queries] (16-bit, 128B
 //              swizzle; two buffers each, alternating by iteration)
 //     one 256-thread barrier: both consumers' keys are in P and dS
@@ -24,8 +25,10 @@
 //              (red.global.add.v4.f32, as FlashAttention-3 does at 256)
 //              while dK^T runs, piece 1 staged over this consumer's own Q
 //              panels of the finished stage and bulk-added (the stage is
-//              released after the next barrier; register adds with the
-//              zero-filled tail panels of head dims 136..192)
+//              released after the next barrier; causal kernels commit the
+//              staged piece late, under the next S / dP). Register adds for
+//              piece 1 too in deterministic mode and with the zero-filled
+//              tail panels of head dims 136..192.
 //   registers: dK^T and dV^T 4 x 40, S and dP 2 x 20, one dQ^T piece 32
 //   (S and dP are dead by then; the two pieces one after the other).
 // Shared memory: K and V 80 KB, Q two stages (64 KB), dO one stage (32 KB,
@@ -33,10 +36,16 @@
 // Buffers: consumer w writes P / dS buffer it & 1 in iteration it only after
 // the barrier of it - 1, which the other consumer reaches after waiting for
 // every GEMM of it - 2, the last reader of that buffer.
+// Deterministic mode: nothing is staged; the consumer adds both pieces of
+// (h, m) in its turn, in the key-block order of bwd_kernel.cuh
+// ("Deterministic mode"): its turn keeper (thread 32 or 64 of the producer
+// warpgroup) waits for the piece pair's semaphore and grants the turn
+// (dq_empty[w]); the consumer's 128 arrivals on dq_full[w] after its adds
+// let the keeper fence and hand the turn on.
 // dq_accum chunk of (b, h, m): four 64 x 64 pieces, piece j = head-dim
 // columns [64 j, 64 j + 64); register i of thread t of the piece's dQ^T
 // fragment at dq_piece_offset(i, t) (the postprocess reads it transposed:
-// dq_post_source / dq_post_dest with transposed = true).
+// dq_post_source / dq_post_dest at head dim 256).
 #pragma once
 #include "sm90/bwd_kernel.cuh"
 
@@ -53,8 +62,10 @@ __device__ __forceinline__ void bwd80_issue_qk(float (&acc)[20], uint32_t a_addr
   reg_fence(b_addr);
   const uint64_t a_desc = make_sw128_desc(a_addr, 16, 1024);
   const uint64_t b_desc = make_sw128_desc(b_addr, 16, 1024);
+  // The first k-step overwrites (scale-d 0), but the asm reads its "+f"
+  // operands: defining them here ends the previous iteration's live range.
 #pragma unroll
-  for (int i = 0; i < 20; ++i) acc[i] = 0.f;  // see bwd_issue_kt
+  for (int i = 0; i < 20; ++i) acc[i] = 0.f;
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
@@ -141,7 +152,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
 
   mbar_wait(sm.kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
   // dQ^T piece 1 is staged over this consumer's own two Q panels of the
-  // finished stage and bulk-added (as the 64-key kernel does): not with
+  // finished stage and bulk-added: not in deterministic mode, nor with
   // zero-filled tail panels (head dims 136..192), which add from registers.
   const bool stage_dq = C::keys80_stages_dq(args.data_panels);
   // Causal: the staged piece is committed late, under the next S / dP (A/B on
@@ -185,8 +196,8 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
     if (kCommitLate && stage_dq && it > 0) dq_commit(it - 1);
 
     // ---- P = exp2(c2 S - lse_log2[query]), masked arguments -> -inf
-    const BwdTileMask tile =
-        bwd_tile_mask<kBM, kBN>(j_first, q0, 0, quad, sqi.sk, shift, left, right);
+    const bool need_mask =
+        bwd_tile_needs_mask<kBM, kBN>(j_first, q0, sqi.sk, shift, left, right);
     const float* lse_s = sm.lse + s * kBM;
     const float* dsum_s = sm.dsum + s * kBM;
     const float lse2[2] = {lse_s[row0], lse_s[row0 + 8]};
@@ -209,7 +220,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
           } else {
             x = fmaf(s_acc[i], c2, -lse2[hh]);
           }
-          if (tile.any) {
+          if (need_mask) {
             const int key = static_cast<int>(j_first) + kw0 + 8 * c + 2 * quad + e;
             const int d = key - (q0 + row0 + 8 * hh) - shift;
             bool masked = key >= sqi.sk;
@@ -267,7 +278,7 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
       auto issue_dq = [&](int piece) {
         if (piece == 0) {
 #pragma unroll
-          for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see bwd_issue_kt
+          for (int i = 0; i < 32; ++i) dq[i] = 0.f;  // see bwd80_issue_qk
         }
         wgmma_fence();
 #pragma unroll

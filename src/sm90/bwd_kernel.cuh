@@ -50,10 +50,11 @@
 //               threads (thread 32 for consumer 0's pieces, 64 for consumer
 //               1's: warps 1 and 2 of WG0) from staged pieces (dq_full /
 //               dq_empty mbarriers), see "Deterministic mode".
-//    Head dim 256: 64-key blocks whose head dim the consumers split
-//    (bwd_consumer_d256.cuh), or, in default mode without softcap, 80-key
-//    blocks with transposed dK / dV / dQ GEMMs and one dO stage (on its own
-//    do_full / do_empty barriers; bwd_consumer_d256x80.cuh).
+//    Head dim 256 (bwd_consumer_d256x80.cuh): 80-key blocks, the consumers
+//    split the keys for S / dP and the head dim for transposed dK / dV / dQ
+//    GEMMs; one dO stage (on its own do_full / do_empty barriers); dQ pieces
+//    partly added from registers (deterministic: all of them, in turns that
+//    two turn keepers grant instead of dQ writers).
 // 3. bwd_postprocess_kernel: grid (ceil(Sq/kBlockM), Hq, B). dq = c * dq_accum
 //    in the output dtype, through a shared-memory transpose (16-byte stores).
 //
@@ -174,7 +175,8 @@ struct BwdKernelArgs {
   CUtensorMap tm_do;  // same as Q
   CUtensorMap tm_k;   // {D, Sk, Hkv, B}, box {64, kBlockN}; ragged if k_ragged
   CUtensorMap tm_v;   // same as K
-  CUtensorMap tm_dk;  // {D, Sk, Hkv, B}, box {64, 64} (one consumer's keys); ragged if ks_ragged
+  CUtensorMap tm_dk;  // {D, Sk, Hkv, B}, box {64, 64} (one consumer's keys; d 256:
+                      // {64, 80}); ragged if ks_ragged
   CUtensorMap tm_dv;  // same as dK
   CUtensorMap tm_lse;   // lse_log2 as 2-D fp32 {sq_pad, B Hq} / varlen {ws_rows, Hq}, box {kBlockM, 1}
   CUtensorMap tm_dsum;  // dsum, same
@@ -241,21 +243,16 @@ struct BwdConfig {
   static_assert(!(kCausal && kLocal), "a causal window is a kLocal kernel with right = 0");
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
                 "instantiated head dims: 64, 128, 256");
-  // Head dim 256, default mode without softcap: 64 queries x 80 keys per
+  // Head dim 256, every mode: the 80-key kernel, 64 queries x 80 keys per
   // iteration, the consumers split the keys for S / dP (40 each) and the head
   // dim for the swapped GEMMs dV^T, dK^T, dQ^T (bwd_consumer_d256x80.cuh):
   // 20% fewer dQ reductions and Q / dO bytes per FLOP than 64-key blocks.
   static constexpr bool kKeys80 = kHeadDim == 256;
-  // Head dim 256 otherwise: the two consumers share one block of 64 keys and
-  // split the head dim (bwd_consumer_d256.cuh); 64 keys x 256 columns of dK
-  // and dV do not fit in one warpgroup's registers.
-  static constexpr bool kSharedKeys = kHeadDim == 256 && !kKeys80;
-  static constexpr bool kD256 = kHeadDim == 256;  // either of the two
 
-  // keys per CTA: 2 consumers x 64, 64 shared by both, or 80 (head dim 256)
-  static constexpr int kBlockN = kKeys80 ? 80 : kSharedKeys ? 64 : 128;
+  // keys per CTA: 2 consumers x 64, or 80 (head dim 256)
+  static constexpr int kBlockN = kKeys80 ? 80 : 128;
   // queries per iteration: 128 (d 64) or 64 (d 128, d 256)
-  static constexpr int kBlockM = kD256 ? 64 : 8192 / kHeadDim;
+  static constexpr int kBlockM = kKeys80 ? 64 : 8192 / kHeadDim;
   static constexpr int kStages = 2;                // Q / row-array ring (and dO)
   // dO stages: one in the 80-key kernel (two do not fit beside P and dS).
   static constexpr int kStagesDO = kKeys80 ? 1 : kStages;
@@ -294,20 +291,17 @@ struct BwdConfig {
   static constexpr int kDQPieceFloats = 64 * 64;
   static constexpr int kDQPieceBytes = kDQPieceFloats * 4;
   static constexpr int kRowBytes = kBlockM * 4;
-  static_assert(kBlockM * kHeadDim == (kD256 ? 4 : 2) * kDQPieceFloats,
+  static_assert(kBlockM * kHeadDim == (kKeys80 ? 4 : 2) * kDQPieceFloats,
                 "a dQ chunk is two (d 256: four) 64x64 pieces");
   // Head dims 64 / 128: dQ is staged in shared memory and bulk-added
   // (deterministic: by the writer threads, in turn). red.global.add.v4.f32 from
   // registers instead measured 2-3% slower at d128 non-causal (H200 A/B,
-  // docs/perf.md) and spilled at d64. Head dim 256: no buffer fits, so dQ is
-  // staged over the consumer's own panels of the finished Q / dO stage
-  // (bwd_consumer_d256.cuh; deterministic: vector reductions from registers);
-  // P^T crosses from consumer 0 to consumer 1 in fp32.
-  // 80-key kernel: one dQ piece by vector reductions, the other staged over
-  // the finished Q stage (bwd_consumer_d256x80.cuh); P and dS in 16 bits, two
-  // buffers each.
-  static constexpr int kDQStageBytes = kD256 ? 0 : 2 * kDQPieceBytes;
-  static constexpr int kPBytes = kSharedKeys ? 64 * kBlockM * 4 : kKeys80 ? 2 * kDSBytes : 0;
+  // docs/perf.md) and spilled at d64. Head dim 256: no buffer fits; one dQ
+  // piece goes by vector reductions, the other is staged over the finished Q
+  // stage (deterministic: both by vector reductions; bwd_consumer_d256x80.cuh).
+  // P and dS in 16 bits, two buffers each.
+  static constexpr int kDQStageBytes = kKeys80 ? 0 : 2 * kDQPieceBytes;
+  static constexpr int kPBytes = kKeys80 ? 2 * kDSBytes : 0;
 
   // Shared-memory layout (offsets from a 1024-aligned base).
   static constexpr int kOffK = 0;
@@ -322,7 +316,7 @@ struct BwdConfig {
   static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
   // barriers: kv_full, full[S], empty[S]
   // + deterministic: dq_full[2], dq_empty[2] (consumer w <-> its dQ writer; head
-  //   dim 256: consumer <-> turn keeper, see bwd_consumer_d256.cuh)
+  //   dim 256: consumer <-> its turn keeper)
   // + 80-key kernel: do_full, do_empty (the single dO buffer)
   static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0) + (kKeys80 ? 2 : 0);
   static constexpr int kBarDO = 1 + 2 * kStages + (kDeterministic ? 4 : 0);  // do_full, do_empty
@@ -340,11 +334,10 @@ struct BwdConfig {
 
 // Named barrier ids (0 is __syncthreads).
 enum BwdNamedBarrier : int {
-  kBwdBarDS = 1,   // both consumers wrote dS^T (256 threads)
+  kBwdBarDS = 1,   // both consumers wrote dS^T (head dim 256: P and dS; 256 threads)
   kBwdBarWG0 = 2,  // per-consumer sync (kBwdBarWG0 + w, 128 threads)
   kBwdBarWG1 = 3,
   kBwdBarEpi = 4,  // both consumers finished every wgmma (256 threads)
-  kBwdBarP = 5,    // head dim 256: consumer 0 wrote P^T for consumer 1 (256 threads)
 };
 
 // One sequence of the batch: lengths and TMA coordinates (sm90/sequence.cuh).
@@ -361,7 +354,7 @@ struct BwdSmem {
   uint8_t* dout;
   uint8_t* ds;
   float* dq;    // dQ staging (head dims 64, 128)
-  float* p;     // P^T exchange (head dim 256)
+  float* p;     // P buffers (head dim 256)
   float* lse;   // lse_log2 rows, one block per stage
   float* dsum;  // D rows, one block per stage
   uint64_t* kv_full;
@@ -400,17 +393,15 @@ __device__ __forceinline__ void bwd_store_dq_piece(float* piece, const float (&d
         make_float4(dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
 }
 
-// Epilogue helpers of every backward kernel (head dims 64, 128 and 256).
-// dK / dV of 64 key rows (this thread: rows r, r + 8; accumulator columns
-// 64 kAccPanels wide) -> the 64-column panels first_panel.. of two K-shaped
-// staging tiles (sK, sV: 128-byte swizzled rows, panel_bytes apart), dK
-// scaled by sc.
+// Epilogue of head dims 64 / 128: dK / dV of 64 key rows (this thread: rows
+// r, r + 8; accumulator columns 64 kAccPanels wide) -> the first kAccPanels
+// 64-column panels of two K-shaped staging tiles (sK, sV: 128-byte swizzled
+// rows, panel_bytes apart), dK scaled by sc.
 template <typename T, int kAccPanels>
 __device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
                                                const float (&dk)[32 * kAccPanels],
                                                const float (&dv)[32 * kAccPanels], uint32_t r,
-                                               int quad, uint32_t panel_bytes, int first_panel,
-                                               float sc) {
+                                               int quad, uint32_t panel_bytes, float sc) {
   const uint32_t r7 = r & 7u;
 #pragma unroll
   for (int p = 0; p < kAccPanels; ++p)
@@ -419,16 +410,17 @@ __device__ __forceinline__ void bwd_stage_dkdv(uint8_t* sK, uint8_t* sV,
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int i = 4 * (8 * p + c) + 2 * hh;
-        const uint32_t off = (first_panel + p) * panel_bytes + (r + 8 * hh) * 128 +
+        const uint32_t off = p * panel_bytes + (r + 8 * hh) * 128 +
                              ((static_cast<uint32_t>(c) ^ r7) << 4) + quad * 4;
         *reinterpret_cast<uint32_t*>(sK + off) = pack2<T>(dk[i] * sc, dk[i + 1] * sc);
         *reinterpret_cast<uint32_t*>(sV + off) = pack2<T>(dv[i], dv[i + 1]);
       }
 }
 
-// TMA stores of staged dK / dV (64-row tiles): 64 key rows from key_start,
-// 64-column panels [first_panel, first_panel + panels) below data_panels
-// (sm90/panels.cuh); one thread, commits one group.
+// TMA stores of staged dK / dV (every backward kernel): one box of key rows
+// (64; 80 at head dim 256) from key_start, 64-column panels
+// [first_panel, first_panel + panels) below data_panels (sm90/panels.cuh);
+// one thread, commits one group.
 __device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const SeqCoords& sqi,
                                                const uint8_t* sK, const uint8_t* sV,
                                                uint32_t panel_bytes, int first_panel, int panels,
@@ -450,6 +442,21 @@ __device__ __forceinline__ void bwd_store_dkdv(const BwdKernelArgs& args, const 
   tma_store_commit();
 }
 
+// Whether a tile (kBM queries from q0 x the kBN keys from j_first) has
+// elements to mask: it crosses the key tail or a window edge. Key j is
+// visible to query i iff j < sk and j - (i + shift) in [-left, right]
+// (shift = sk - sq; left / right -1: unbounded).
+template <int kBM, int kBN>
+__device__ __forceinline__ bool bwd_tile_needs_mask(int64_t j_first, int q0, int sk, int shift,
+                                                    int left, int right) {
+  bool any = j_first + kBN > sk;
+  const int64_t d_max = j_first + kBN - 1 - q0 - shift;    // largest j - (i + shift)
+  const int64_t d_min = j_first - (q0 + kBM - 1) - shift;  // smallest
+  if (right >= 0) any = any || d_max > right;
+  if (left >= 0) any = any || d_min < -left;
+  return any;
+}
+
 // What a CTA works on, for its consumer warpgroups.
 struct BwdCta {
   SeqCoords sqi;  // the sequence (lengths, TMA coordinates)
@@ -461,8 +468,7 @@ struct BwdCta {
 }  // namespace sm90
 }  // namespace flash4
 
-#include "sm90/bwd_consumer_d256.cuh"     // need the types above; the kernel below calls them
-#include "sm90/bwd_consumer_d256x80.cuh"
+#include "sm90/bwd_consumer_d256x80.cuh"  // needs the types above; the kernel below calls it
 
 namespace flash4 {
 namespace sm90 {
@@ -605,12 +611,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full[s], 1);
-      // Every consumer warp; head dim 256 default mode: one thread per
+      // Every consumer warp; head dim 256 with dQ staged: one thread per
       // consumer, once its dQ staging in the stage has been read.
-      mbar_init(&empty[s], (C::kSharedKeys && !C::kDeterministic) ||
-                                   C::keys80_stages_dq(args.data_panels)
-                               ? 2
-                               : 8);
+      mbar_init(&empty[s], C::keys80_stages_dq(args.data_panels) ? 2 : 8);
     }
     if constexpr (C::kDeterministic) {
       for (int w = 0; w < 2; ++w) {
@@ -626,8 +629,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   }
   // Panels with no data (head dims 136..192 on the 256 kernel): zeroed once,
   // never loaded or stored (sm90/panels.cuh). Compile-time all below 256.
-  const int np = C::kD256 ? args.data_panels : C::kPanels;
-  if constexpr (C::kD256) {
+  const int np = C::kKeys80 ? args.data_panels : C::kPanels;
+  if constexpr (C::kKeys80) {
     zero_tail_panels<C::kPanels>(sK, C::kKBytes, 2, C::kPanelBytesN, np);  // K, V
     zero_tail_panels<C::kPanels>(sQ, C::kQBytes, kS + C::kStagesDO, C::kPanelBytesM,
                                  np);  // Q, dO stages
@@ -716,7 +719,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
-    } else if (C::kDeterministic && !C::kD256 && (tid == 32 || tid == 64)) {
+    } else if (C::kDeterministic && !C::kKeys80 && (tid == 32 || tid == 64)) {
       // dQ writers (deterministic), one per consumer piece: thread 32 takes
       // consumer 0's pieces, thread 64 (another warp) consumer 1's. Each waits
       // for its staged piece, for its turn on the piece's semaphore,
@@ -743,12 +746,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         __threadfence();
         red_release_gpu_add_s32(sem, 1);  // the next key block's turn
       }
-    } else if (C::kDeterministic && C::kD256 && (tid == 32 || tid == 64)) {
-      // Turn keepers (deterministic, head dim 256; bwd_consumer_d256.cuh):
+    } else if (C::kDeterministic && C::kKeys80 && (tid == 32 || tid == 64)) {
+      // Turn keepers (deterministic, head dim 256; bwd_consumer_d256x80.cuh):
       // the consumers add dQ from registers (nothing is staged); thread 32
       // (consumer 0's pieces) and thread 64 (consumer 1's), in different
-      // warps, keep the semaphore traffic off their path. Per iteration:
-      // wait for the turn on the piece pair of (h, m), grant it
+      // warps, keep the semaphore traffic off their path: the consumer waits
+      // only for the grant in shared memory, the global round trips run under
+      // its GEMMs. (Each consumer doing this itself measured 0.58-0.71 of the
+      // default mode, one keeper for both 0.68-0.78: docs/perf.md.) Per
+      // iteration: wait for the turn on the piece pair of (h, m), grant it
       // (dq_empty[w]), wait until every thread of consumer w has issued its
       // adds (dq_full[w]), fence, hand the turn on.
       const int w = tid / 32 - 1;
@@ -770,15 +776,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   if constexpr (C::kKeys80) {
     const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
     bwd_consumers_keys80<C>(args, smem, work, iter_hm, row_offset);
-  } else if constexpr (C::kSharedKeys) {
-    const BwdCta work{sqi, b, h_kv, n_block, n_iters, left, right};
-    bwd_consumers_shared_keys<C>(args, smem, work, iter_hm, row_offset);
   } else {
-    // Head dims 64 and 128. (The main loop is kept inline and apart from the
-    // helpers of bwd_consumer_d256.cuh: rebuilt on them, or moved into a
-    // function, the deterministic d64 kernel spilled 260-280 B instead of 76
-    // and ran ~20% slower. The epilogue shares bwd_stage_dkdv /
-    // bwd_store_dkdv: SASS byte-identical to the inline copy.)
+    // Head dims 64 and 128. (The main loop is kept inline: rebuilt on shared
+    // helpers, or moved into a function, the deterministic d64 kernel spilled
+    // 260-280 B instead of 76 and ran ~20% slower. The epilogue shares
+    // bwd_stage_dkdv / bwd_store_dkdv: SASS byte-identical to the inline copy.)
     const int cw = wg - 1;            // consumer 0/1: keys [64 cw, 64 cw + 64) of the block
     const int wthr = tid - 128 * wg;  // thread within the warpgroup
     const int warp_in_wg = wthr / 32;
@@ -1107,7 +1109,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     {
       const float sc = args.softmax_scale;
       const uint32_t r = static_cast<uint32_t>(64 * cw + row0);
-      bwd_stage_dkdv<T, C::kPanels>(sK, sV, dk, dv, r, quad, C::kPanelBytesN, 0, sc);
+      bwd_stage_dkdv<T, C::kPanels>(sK, sV, dk, dv, r, quad, C::kPanelBytesN, sc);
     }
     fence_proxy_async_smem();
     named_bar_sync(kBwdBarWG0 + cw, 128);
@@ -1199,8 +1201,7 @@ __host__ __device__ constexpr int bwd_post_rows() {
   return kD == 256 ? 32 : 8192 / kD;
 }
 
-// kTransposed: the 80-key head-dim-256 kernel's dQ^T pieces (dq_post_source).
-template <typename T, int kD, bool kTransposed = false>
+template <typename T, int kD>
 __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs a) {
   constexpr int kRows = bwd_post_rows<kD>();
   constexpr int kChunkRows = kD == 256 ? 64 : kRows;  // the main kernel's kBlockM
@@ -1218,9 +1219,10 @@ __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs 
   const float* chunk =
       a.dq_accum + (a.rs.base(b, h, sq.x) + static_cast<int64_t>(m) * kChunkRows) * kD;
   for (int e = threadIdx.x; e < 8192; e += 256) {
-    // Layout: dq_piece_offset; the mapping is host-tested (tests/test_fragments.cpp).
-    const DqPieceFloat f = dq_post_source(kD, e, part, kTransposed);
-    const RowCol rc = dq_post_dest(kD, f.piece, f.off, part, kRows, kTransposed);
+    // Layout: dq_piece_offset (d 256: dQ^T pieces); the mapping is host-tested
+    // (tests/test_fragments.cpp).
+    const DqPieceFloat f = dq_post_source(kD, e, part);
+    const RowCol rc = dq_post_dest(kD, f.piece, f.off, part, kRows);
     tile[rc.row * kLd + rc.col] = chunk[f.piece * 4096 + f.off];
   }
   __syncthreads();

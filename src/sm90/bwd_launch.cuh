@@ -34,27 +34,17 @@ struct BwdLaunch {
 // d columns wide, TMA zero-fills the rest (sm90/tensor_map.hpp).
 inline int bwd_kernel_headdim(int d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
 
-// Tile sizes of the main kernel for kernel head dim kd (64, 128, 256), and
-// the query rows of a postprocess CTA.
+// Tile sizes of the main kernel for kernel head dim kd (64, 128, 256; the
+// same in every mode), and the query rows of a postprocess CTA.
 inline int bwd_block_m(int kd) {
   return kd == 64    ? BwdConfig<64, __nv_bfloat16, false>::kBlockM
          : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockM
                      : BwdConfig<256, __nv_bfloat16, false>::kBlockM;
 }
-// Keys per CTA; head dim 256 depends on the mode (BwdConfig::kKeys80:
-// default mode without softcap runs 80-key blocks).
-template <int kD>
-int bwd_block_n_of(bool deterministic, bool softcap) {
-  using T = __nv_bfloat16;
-  return deterministic ? (softcap ? BwdConfig<kD, T, false, true, false, true>::kBlockN
-                                  : BwdConfig<kD, T, false, true>::kBlockN)
-                       : (softcap ? BwdConfig<kD, T, false, false, false, true>::kBlockN
-                                  : BwdConfig<kD, T, false>::kBlockN);
-}
-inline int bwd_block_n(int kd, bool deterministic, bool softcap) {
-  return kd == 64    ? bwd_block_n_of<64>(deterministic, softcap)
-         : kd == 128 ? bwd_block_n_of<128>(deterministic, softcap)
-                     : bwd_block_n_of<256>(deterministic, softcap);
+inline int bwd_block_n(int kd) {
+  return kd == 64    ? BwdConfig<64, __nv_bfloat16, false>::kBlockN
+         : kd == 128 ? BwdConfig<128, __nv_bfloat16, false>::kBlockN
+                     : BwdConfig<256, __nv_bfloat16, false>::kBlockN;
 }
 inline int bwd_post_rows(int kd) {
   return kd == 64 ? bwd_post_rows<64>() : kd == 128 ? bwd_post_rows<128>() : bwd_post_rows<256>();
@@ -108,15 +98,7 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   if (l.post_blocks > 0) {
     const dim3 grid(static_cast<unsigned>(l.post_blocks), static_cast<unsigned>(l.heads_q),
                     static_cast<unsigned>(l.batch));
-    // The 80-key head-dim-256 kernel writes dQ^T pieces (instantiated there only).
-    using Plain = BwdConfig<kD, T, false, kDeterministic>;
-    using Capped = BwdConfig<kD, T, false, kDeterministic, false, true>;
-    bool transposed = false;
-    if constexpr (Plain::kKeys80 || Capped::kKeys80) {
-      transposed = l.softcap ? Capped::kKeys80 : Plain::kKeys80;
-      if (transposed) bwd_postprocess_kernel<T, kD, true><<<grid, 256, 0, stream>>>(l.post);
-    }
-    if (!transposed) bwd_postprocess_kernel<T, kD, false><<<grid, 256, 0, stream>>>(l.post);
+    bwd_postprocess_kernel<T, kD><<<grid, 256, 0, stream>>>(l.post);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }

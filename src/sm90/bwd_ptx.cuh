@@ -16,8 +16,8 @@
 //                            proxy's (bulk copies') global accesses with the
 //                            generic proxy's.
 //   red_add_v4_f32           red.global.add.v4.f32: four fp32 adds to 16
-//                            aligned bytes (head dim 256, deterministic or
-//                            d136..192: dQ from registers).
+//                            aligned bytes (head dim 256: dQ pieces from
+//                            registers).
 //   ld_acquire_gpu_s32       ld.acquire.gpu.global.s32
 //   red_release_gpu_add_s32  red.release.gpu.global.add.s32
 //   sem_wait_eq              spin (ld.acquire.gpu, __nanosleep backoff) until

@@ -13,7 +13,7 @@
 //   any finite softmax_scale, deterministic dQ (fixed order of the fp32
 //   adds: bwd_kernel.cuh).
 //   Above head dim 128 the deterministic mode waits for its turn in the
-//   consumers (no writer warp: bwd_consumer_d256.cuh).
+//   consumers (no dQ writer threads: bwd_consumer_d256x80.cuh).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -70,15 +70,13 @@ struct MapSpec {
   bool ragged;
   uint32_t box_rows;
 };
-// deterministic: the mode that runs (sm90_bwd_run: only with query rows).
-bool encode_all(const BwdParams& p, bool deterministic, sm90::BwdKernelArgs* a) {
+bool encode_all(const BwdParams& p, sm90::BwdKernelArgs* a) {
   const bool bf16 = p.dtype == DType::kBf16;
   const int kd = sm90::bwd_kernel_headdim(p.headdim);
   const uint32_t bm = static_cast<uint32_t>(sm90::bwd_block_m(kd));
-  const uint32_t bn =
-      static_cast<uint32_t>(sm90::bwd_block_n(kd, deterministic, p.softcap > 0.f));
-  // dK / dV stores: 64 key rows per box (one consumer's keys, or a 64-key
-  // block), 80 for the 80-key head-dim-256 kernel (one box per panel).
+  const uint32_t bn = static_cast<uint32_t>(sm90::bwd_block_n(kd));
+  // dK / dV stores: 64 key rows per box (one consumer's keys), 80 at head
+  // dim 256 (one box per panel).
   const uint32_t bs = bn == 80 ? 80u : 64u;
   const MapSpec specs[6] = {
       {&a->tm_q, q_tensor(p), q_ragged(p), bm},
@@ -110,8 +108,7 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     return no("sm90 backward with softcap needs softmax_scale > 0");
   if (p.batch > kMaxGridYZ || p.heads_q > kMaxGridYZ)
     return no("sm90 backward supports batch and heads_q up to 65535 (grid y/z)");
-  const int bn = sm90::bwd_block_n(sm90::bwd_kernel_headdim(p.headdim), p.deterministic,
-                                   p.softcap > 0.f);  // 64 <= any block_n (the 2^31 bound)
+  const int bn = sm90::bwd_block_n(sm90::bwd_kernel_headdim(p.headdim));
   if ((int64_t(p.seqlen_k) + bn - 1) / bn * p.heads_kv * p.batch > int64_t(INT32_MAX))
     return no("sm90 backward supports at most 2^31 - 1 key blocks (x kv heads x batch)");
   constexpr const char* kPath = "sm90 backward";
@@ -129,7 +126,7 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
     // Encoded once here, so that a driver that rejects these maps gives a
     // reason instead of a failed launch.
     sm90::BwdKernelArgs probe;
-    if (!encode_all(p, p.deterministic && p.seqlen_q > 0, &probe))
+    if (!encode_all(p, &probe))
       return no("sm90 backward: the driver rejected the tensor maps of this call (varlen, "
                 "seqused_k or head dim " + std::to_string(p.headdim) + ")");
   }
@@ -181,7 +178,7 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   // Without query rows there is no dQ to order (and no preprocess to zero
   // the semaphores): the plain kernel is the deterministic one.
   l.deterministic = p.deterministic && l.prep_blocks > 0;
-  const int block_n = sm90::bwd_block_n(kd, l.deterministic, p.softcap > 0.f);
+  const int block_n = sm90::bwd_block_n(kd);
   l.n_blocks = (p.seqlen_k + block_n - 1) / block_n;
   const sm90::MaskEdges edges = sm90::mask_edges(p);
   const int left = edges.left;
@@ -198,7 +195,7 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
 
   sm90::BwdKernelArgs& a = l.main;
   a = sm90::BwdKernelArgs{};
-  if (l.n_blocks > 0 && !encode_all(p, l.deterministic, &a)) return cudaErrorInvalidValue;
+  if (l.n_blocks > 0 && !encode_all(p, &a)) return cudaErrorInvalidValue;
   if (l.n_blocks > 0 && l.prep_blocks > 0) {
     // The row arrays as 2-D maps, one row of the map per (b, h) (batched) or
     // per h (varlen): rows [x, x + block_m) of row y per query block.

@@ -1,4 +1,4 @@
-// Hopper backward, head dim 256, deterministic dQ order (bwd_consumer_d256.cuh):
+// Hopper backward, head dim 256, deterministic dQ order (see bwd_kernel.cuh):
 // bf16/fp16 x {no mask, causal, window} x softcap.
 #include "sm90/bwd_launch.cuh"
 

@@ -97,33 +97,29 @@ FLASH4_HD constexpr int dq_piece_thread(int off) { return (off & 511) >> 2; }
 // The backward postprocess's view of a dq_accum chunk (pieces of 4096 floats,
 // two at head dims 64 / 128, four at 256): the CTA's element e (0..8191) is
 // float `off` of piece `piece`. Head dim 256 runs two CTAs (part 0, 1) per
-// 64-row chunk, each 32 rows: threads [64 part, 64 part + 64) of every piece,
-// i.e. floats [256 part, 256 part + 256) of each 512-float group.
-// transposed (head dim 256, 80-key kernel, bwd_consumer_d256x80.cuh): each
-// piece holds a dQ^T fragment (rows = 64 head-dim columns, columns = the 64
-// queries), so a part's 32 queries are fragment columns [32 part, + 32):
-// registers 16 part .. + 15, floats [2048 part, 2048 part + 2048).
+// 64-row chunk, each 32 rows, and its pieces hold dQ^T fragments (the 80-key
+// kernel, bwd_consumer_d256x80.cuh: rows = 64 head-dim columns, columns =
+// the 64 queries), so a part's 32 queries are fragment columns
+// [32 part, + 32): registers 16 part .. + 15, floats [2048 part, 2048 part + 2048).
 struct DqPieceFloat {
   int piece, off;
 };
-FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part,
-                                                bool transposed = false) {
-  return transposed          ? DqPieceFloat{e >> 11, 2048 * part + (e & 2047)}
-         : head_dim == 256 ? DqPieceFloat{e >> 11, ((e >> 8) & 7) * 512 + 256 * part + (e & 255)}
-                           : DqPieceFloat{e >> 12, e & 4095};
+FLASH4_HD constexpr DqPieceFloat dq_post_source(int head_dim, int e, int part) {
+  return head_dim == 256 ? DqPieceFloat{e >> 11, 2048 * part + (e & 2047)}
+                         : DqPieceFloat{e >> 12, e & 4095};
 }
 // Where that float belongs in the CTA's rows x head_dim tile of dQ: piece w is
 // query rows [64 w, 64 w + 64) at head dim 64, and head-dim columns
-// [64 w, 64 w + 64) otherwise (the consumers' split of the dQ GEMM).
+// [64 w, 64 w + 64) otherwise (the consumers' split of the dQ GEMM; at head
+// dim 256 the fragment's rows).
 // (wgmma_c_elem of the float's register and thread, written with shifts and
 // masks: the kernel's index math is then what it was before this function.)
-FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows,
-                                        bool transposed = false) {
+FLASH4_HD constexpr RowCol dq_post_dest(int head_dim, int piece, int off, int part, int rows) {
   const int i = dq_piece_reg(off), t = dq_piece_thread(off);
   const int warp = t >> 5, ln = t & 31;
   const int r = 16 * warp + (ln >> 2) + 8 * ((i >> 1) & 1);
   const int c = 8 * (i >> 2) + 2 * (ln & 3) + (i & 1);
-  return transposed        ? RowCol{c - part * rows, 64 * piece + r}
+  return head_dim == 256  ? RowCol{c - part * rows, 64 * piece + r}
          : head_dim == 64 ? RowCol{64 * piece + r, c}
                           : RowCol{r - part * rows, 64 * piece + c};
 }

@@ -365,13 +365,6 @@ __device__ __forceinline__ void st_shared_volatile_f32(uint32_t addr, float v) {
 __device__ __forceinline__ void named_bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
-// Non-.aligned form (barrier.sync): for a barrier that the threads reach
-// through different barrier instructions (bar.sync is barrier.sync.aligned,
-// which requires one instruction for all; compute-sanitizer's synccheck
-// reports the other use as divergence).
-__device__ __forceinline__ void named_bar_sync_unaligned(int id, int count) {
-  asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
 __device__ __forceinline__ void named_bar_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
