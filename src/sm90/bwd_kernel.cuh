@@ -923,12 +923,14 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         }
         if (pend.x >= 0) dq_commit(pend.x, pend.y);
       } else {
-        // lse_log2 rows read before the S^T wait (the wait's memory clobber
-        // keeps later loads behind it): ncu (d128 4k) found the first FFMA
-        // waiting for them, 6% of the stall samples. All of them at d128; the
-        // first two at d64 (32 more live registers there would spill).
-        constexpr int kPre = C::kHeadDim == 128 ? kBM / 8 : 2;
-        float2 lse_pre[kPre];
+        // Head dim 64: the first two lse_log2 / D row pairs are read before
+        // the S^T / dP^T waits (the waits' memory clobbers keep later loads
+        // behind them). H200 A/B: d64 causal +1% from 2k, non-causal +-0.5%;
+        // at d128 all eight pairs ahead measured 0-2% slower causal and +-0.3%
+        // non-causal, though ncu had its first FFMA waiting on them (6% of the
+        // stall samples), so d128 reads them after the waits.
+        constexpr int kPre = C::kHeadDim == 64 ? 2 : 0;
+        float2 lse_pre[kPre > 0 ? kPre : 1];
 #pragma unroll
         for (int c = 0; c < kPre; ++c)
           lse_pre[c] = *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
@@ -962,8 +964,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
               p_frag[kk][j] = pack2<T>(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
           issue_dv(s);
         }
-        // ---- dS^T = P^T * (dP^T - D[query]); D rows read before the wait too.
-        float2 dsum_pre[kPre];
+        // ---- dS^T = P^T * (dP^T - D[query]); D rows as the lse_log2 rows above.
+        float2 dsum_pre[kPre > 0 ? kPre : 1];
 #pragma unroll
         for (int c = 0; c < kPre; ++c)
           dsum_pre[c] = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
