@@ -354,7 +354,7 @@ struct BwdSmem {
   uint8_t* dout;
   uint8_t* ds;
   float* dq;    // dQ staging (head dims 64, 128)
-  float* p;     // P buffers (head dim 256)
+  uint8_t* p;   // P buffers, 16-bit (head dim 256)
   float* lse;   // lse_log2 rows, one block per stage
   float* dsum;  // D rows, one block per stage
   uint64_t* kv_full;
@@ -371,7 +371,7 @@ struct BwdSmem {
         dout(base + C::kOffDO),
         ds(base + C::kOffDS),
         dq(reinterpret_cast<float*>(base + C::kOffDQ)),
-        p(reinterpret_cast<float*>(base + C::kOffP)),
+        p(base + C::kOffP),
         lse(reinterpret_cast<float*>(base + C::kOffLse)),
         dsum(reinterpret_cast<float*>(base + C::kOffDsum)),
         kv_full(reinterpret_cast<uint64_t*>(base + C::kOffBar)),

@@ -6,8 +6,6 @@
 //                            (trans-a = trans-b = 1): dQ = dS K, where dS^T
 //                            and K sit in shared memory with the M resp. N
 //                            dimension contiguous.
-//   bulk_load_1d             cp.async.bulk global -> shared, completing on an
-//                            mbarrier (tx bytes): LSE / softmax-D row blocks.
 //   bulk_reduce_add_f32      cp.reduce.async.bulk .add.f32 shared -> global
 //                            (bulk_group): the dQ accumulation.
 //   bulk_wait_all            cp.async.bulk.wait_group 0 (writes done, not

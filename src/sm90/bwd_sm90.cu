@@ -131,10 +131,13 @@ bool sm90_bwd_supported(const BwdParams& p, int cc_major, int cc_minor, std::str
                 "seqused_k or head dim " + std::to_string(p.headdim) + ")");
   }
   if (why) {
-    *why = p.deterministic
-               ? "sm90 backward (TMA + wgmma, K/V-stationary, dQ by fp32 bulk reduce-add in a "
-                 "fixed key-block order: deterministic)"
-               : "sm90 backward (TMA + wgmma, K/V-stationary, dQ by fp32 bulk reduce-add)";
+    // dQ's fp32 adds: bulk reduce-adds of staged pieces at head dims 64 / 128;
+    // at 256 half staged, half vector reductions (all reductions when
+    // deterministic or with empty tail panels).
+    const char* dq_adds = kd == 256 ? "dQ by fp32 bulk reduce-add and vector reductions"
+                                    : "dQ by fp32 bulk reduce-add";
+    *why = std::string("sm90 backward (TMA + wgmma, K/V-stationary, ") + dq_adds +
+           (p.deterministic ? " in a fixed key-block order: deterministic)" : ")");
     if (kd != p.headdim)
       *why += ", head dim " + std::to_string(p.headdim) + " on the " + std::to_string(kd) +
               " kernel (TMA zero-fills the extra columns)";
