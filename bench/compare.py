@@ -19,6 +19,9 @@ Implementations (--impls):
   triton          a plain Triton forward written for this benchmark (one tile
                   config per head dim, not autotuned; no backward), so a
                   reference point rather than the best Triton can do
+  fa3             FlashAttention-3 (flash_attn_interface.flash_attn_func), when a
+                  build of it is importable (not by default: the project does not
+                  build it; bench/build_fa3.sh builds one from a source tree)
 
 Modes: fwd, and bwd (the backward timed alone, after one forward). flash4's
 backward is measured only when the library has one (flash4.backward_available());
@@ -54,12 +57,13 @@ try:  # Triton is optional; the kernel below is defined only when it imports
 except ImportError:  # pragma: no cover - depends on the machine
     triton = None
 
-IMPLS = ("flash4", "cudnn", "flash2", "efficient", "triton")
+DEFAULT_IMPLS = ("flash4", "cudnn", "flash2", "efficient", "triton")
+IMPLS = DEFAULT_IMPLS + ("fa3",)
 SDPA_IMPL = {"cudnn": "sdpa-cudnn", "flash2": "sdpa-flash2", "efficient": "sdpa-efficient"}
 
 
 def impl_name(key):
-    return {"flash4": "flash4-torch", "triton": "triton-fwd"}.get(key) or SDPA_IMPL[key]
+    return {"flash4": "flash4-torch", "triton": "triton-fwd", "fa3": "fa3"}.get(key) or SDPA_IMPL[key]
 
 
 def parse_args(argv=None):
@@ -71,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--seqlen", type=sc.int_list, default="512,1024,2048,4096,8192,16384")
     p.add_argument("--causal", type=sc.causal_list, default="0,1", help="0, 1 or 0,1")
     p.add_argument("--modes", default="fwd,bwd", help="fwd, bwd or fwd,bwd")
-    p.add_argument("--impls", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS))
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="subset of " + ",".join(IMPLS))
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--tokens", type=int, default=16384, help="batch = tokens // seqlen")
     p.add_argument("--hidden", type=int, default=2048, help="heads = hidden // headdim")
@@ -197,6 +201,16 @@ def make_forward(torch, key, causal, scale, sdpa):
         if triton is None:
             raise NotAvailable("triton is not importable")
         return lambda q, k, v: triton_attention(torch, q, k, v, causal, scale)
+    if key == "fa3":
+        try:
+            import flash_attn_interface as fa3
+        except Exception as e:  # no build of FlashAttention-3 on this machine
+            raise NotAvailable(f"FlashAttention-3 is not importable ({type(e).__name__}: {e})")
+
+        def fa3_forward(q, k, v):
+            out = fa3.flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
+            return out[0] if isinstance(out, tuple) else out
+        return fa3_forward
     F = sdpa["F"]
     return lambda q, k, v: F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,

@@ -53,9 +53,12 @@ def main():
             continue
         met = total = 0
         print(f"\n{'Forward' if mode == 'fwd' else 'Backward'}:\n")
+        # FlashAttention-3 columns only where a run measured it (compare.py --impls ...,fa3).
+        has_fa3 = any(rows.get(p + ("fa3",)) for p in mine)
         head = "| d | causal | seqlen | flash4 (path) | sdpa-cudnn | sdpa-flash2 | flash4/cudnn |"
+        head += " fa3 | flash4/fa3 |" if has_fa3 else ""
         print(head + (" target | met |" if targets else ""))
-        print("|---" * (7 + (2 if targets else 0)) + "|")
+        print("|---" * (7 + (2 if has_fa3 else 0) + (2 if targets else 0)) + "|")
         for p in mine:
             f4 = rows.get(p + ("flash4-torch",))
             cu = rows.get(p + ("sdpa-cudnn",))
@@ -64,6 +67,10 @@ def main():
             ratio = f4["tflops"] / cu["tflops"] if f4 and cu else None
             line = (f"| {p[1]} | {p[2]} | {p[3]} | {cell(f4)} ({f4.get('path', '?') if f4 else '–'}) | "
                     f"{cell(cu)} | {cell(fa)} | {f'{ratio:.2f}' if ratio else '–'} |")
+            if has_fa3:
+                f3 = rows.get(p + ("fa3",))
+                r3 = f4["tflops"] / f3["tflops"] if f4 and f3 else None
+                line += f" {cell(f3)} | {f'{r3:.2f}' if r3 else '–'} |"
             t = targets.get(f"{mode}-d{p[1]}-c{p[2]}-s{p[3]}")
             if targets:
                 ok = ratio is not None and t is not None and ratio >= t
