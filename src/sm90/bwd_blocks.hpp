@@ -18,12 +18,6 @@ struct BwdBlockRange {
   int begin, end;  // query blocks [begin, end)
 };
 
-// Query blocks whose rows see a key of key block n_block. Key j is visible
-// to query i iff j < sk, j <= i + off + right (right >= 0) and
-// j >= i + off - left (left >= 0), off = sk - sq (-1: that edge unbounded).
-// The rows that see some key of [j0, j1] are exactly [j0 - off - right,
-// j1 - off + left] within [0, sq), so the range is exact: the deterministic
-// mode relies on it.
 FLASH4_BWD_BLOCKS_FN int64_t bwd_min64(int64_t a, int64_t b) {
 #if defined(__CUDA_ARCH__)
   return min(a, b);
@@ -39,6 +33,12 @@ FLASH4_BWD_BLOCKS_FN int64_t bwd_max64(int64_t a, int64_t b) {
 #endif
 }
 
+// Query blocks whose rows see a key of key block n_block. Key j is visible
+// to query i iff j < sk, j <= i + off + right (right >= 0) and
+// j >= i + off - left (left >= 0), off = sk - sq (-1: that edge unbounded).
+// The rows that see some key of [j0, j1] are exactly [j0 - off - right,
+// j1 - off + left] within [0, sq), so the range is exact: the deterministic
+// mode relies on it.
 template <int kBM, int kBN>
 FLASH4_BWD_BLOCKS_FN BwdBlockRange bwd_m_range(int n_block, int sq, int sk, int left, int right) {
   const int64_t j0 = static_cast<int64_t>(n_block) * kBN;

@@ -340,6 +340,8 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
           bwd_store_dq_piece(dq_stage(it), dq, wthr);
           if (it + 1 == cta.n_iters) dq_commit(it);  // else under the next S / dP
         } else {
+          // dq_commit(it) written out with dst at hand: recomputing (h, m)
+          // there made ptxas spill 4 B in the non-causal kernels.
           float* st = dq_stage(it);
           bwd_store_dq_piece(st, dq, wthr);
           fence_proxy_async_smem();

@@ -500,6 +500,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* empty = bars + 1 + kS;
   uint64_t* dq_full = bars + 1 + 2 * kS;   // deterministic only
   uint64_t* dq_empty = dq_full + 2;        // deterministic only
+  uint64_t* do_full = bars + C::kBarDO;    // 80-key kernel only: the single dO buffer
+  uint64_t* do_empty = do_full + 1;
 
   const int tid = threadIdx.x;
   const int wg = tid / 128;
@@ -622,8 +624,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       }
     }
     if constexpr (C::kKeys80) {
-      mbar_init(bars + C::kBarDO, 1);      // do_full
-      mbar_init(bars + C::kBarDO + 1, 8);  // do_empty: every consumer warp
+      mbar_init(do_full, 1);
+      mbar_init(do_empty, 8);  // every consumer warp
     }
     mbar_init_fence();
   }
@@ -675,8 +677,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         if constexpr (C::kKeys80) {
           // Q and the row arrays on full[s]; dO, single-buffered, on
           // do_full once the consumers released the previous one.
-          uint64_t* do_full = bars + C::kBarDO;
-          uint64_t* do_empty = bars + C::kBarDO + 1;
           // The data panels of query block m of head h (Q or dO) into a tile.
           auto load_rows = [&](uint8_t* dst, const CUtensorMap* map, uint64_t* bar) {
 #pragma unroll
@@ -877,6 +877,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 
       // ---- P^T = exp2(c2 S^T - lse_log2[query]), masked arguments -> -inf.
       // Only tiles that cross the key tail or a mask edge test elements.
+      // (bwd_tile_needs_mask's test, written out: the call compiled the d64 /
+      // d128 kernels differently, SASS.)
       bool need_mask = key_tail;
       {
         const int64_t j_first = static_cast<int64_t>(n_block) * kBN;

@@ -82,7 +82,7 @@ FLASH4_HD constexpr uint32_t stmatrix_t_offset(int warp, int lane, int c0) {
   return sw128_byte_offset(static_cast<uint32_t>(8 * (c0 + ((lane >> 3) >> 1)) + (lane & 7)),
                            static_cast<uint32_t>(16 * warp + 8 * ((lane >> 3) & 1)));
 }
-FLASH4_HD constexpr int stmatrix_t_reg(int c0, int m) { return 4 * (c0 + (m >> 1)) + 2 * (m & 1); }
+FLASH4_HD constexpr int stmatrix_t_reg(int c0, int m) { return stmatrix_c_reg(c0, m); }
 
 // dq_accum piece layout of the backward (64 x 64 fp32 wgmma accumulator
 // fragments): register i of thread t (0..127) is float (i / 4) 512 + 4 t + i % 4
