@@ -504,7 +504,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* do_empty = do_full + 1;
 
   const int tid = threadIdx.x;
-  const int wg = tid / 128;
+  // Warp-uniform for the compiler too (a shuffle from lane 0), so that values
+  // derived from it (descriptor bases) can live in uniform registers.
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   const int lane = tid % 32;
   // CTA order (1-D grid of num_n_blocks * num_hb): non-causal, key blocks
   // fastest, so CTAs running together share one head's Q / dO in L2. Causal:
