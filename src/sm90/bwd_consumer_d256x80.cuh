@@ -117,7 +117,9 @@ __device__ __forceinline__ void bwd_consumers_keys80(const BwdKernelArgs& args, 
   const int left = cta.left, right = cta.right;
 
   const int tid = threadIdx.x;
-  const int cw = tid / 128 - 1;  // consumer: keys [40 cw, +40); head-dim columns [128 cw, +128)
+  // consumer: keys [40 cw, +40); head-dim columns [128 cw, +128). Through a
+  // shuffle: warp-uniform for the compiler, so descriptors stay uniform.
+  const int cw = __shfl_sync(0xffffffffu, tid / 128, 0) - 1;
   const int wthr = tid % 128;
   const int lane = tid % 32;
   const int quad = lane % 4;
