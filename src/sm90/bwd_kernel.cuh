@@ -256,12 +256,19 @@ struct BwdConfig {
   static constexpr int kStages = 2;                // Q / row-array ring (and dO)
   // dO stages: one in the 80-key kernel (two do not fit beside P and dS).
   static constexpr int kStagesDO = kKeys80 ? 1 : kStages;
+  // Head dims 64 / 128, default mode: dQ writer threads as in deterministic
+  // mode (threads 32 / 64 of the producer warpgroup reduce-add the staged
+  // pieces; dq_full / dq_empty mbarriers), without the semaphores: the
+  // consumers then hold no named barrier and no bulk-copy wait for dQ
+  // (FlashAttention-3's dQ path; d64 ncu: 8.8% of the stall samples on the
+  // consumer's staging and commit).
+  static constexpr bool kDqWriters = !kDeterministic && !kKeys80;
   // Head dims 64 / 128: a consumer issues the next iteration's S^T before it
   // waits for this iteration's dQ GEMM, so the dQ wait, its staging and the
   // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). Not in
   // the deterministic d64 kernel: there it measured 2-4% slower. (dP^T cannot
   // go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
-  static constexpr bool kIssueAhead = !(kHeadDim == 64 && kDeterministic);
+  static constexpr bool kIssueAhead = !(kHeadDim == 64 && (kDeterministic || kDqWriters));
   // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
   // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
@@ -271,7 +278,8 @@ struct BwdConfig {
   // warpgroup barrier, bulk copy) is issued from the next iteration's front,
   // after its exponentials, instead of right after the stores. (Head dim 64:
   // ptxas spilled 384 B and serialised the wgmmas; causal softcap: 20 B.)
-  static constexpr bool kDeferDQCommit = kHeadDim == 128 && !kDeterministic && !kSoftcap;
+  static constexpr bool kDeferDQCommit =
+      kHeadDim == 128 && !kDeterministic && !kSoftcap && !kDqWriters;
   static constexpr bool kEarlyDV =
       kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
   static constexpr int kNumThreads = 384;
@@ -318,8 +326,9 @@ struct BwdConfig {
   // + deterministic: dq_full[2], dq_empty[2] (consumer w <-> its dQ writer; head
   //   dim 256: consumer <-> its turn keeper)
   // + 80-key kernel: do_full, do_empty (the single dO buffer)
-  static constexpr int kNumBars = 1 + 2 * kStages + (kDeterministic ? 4 : 0) + (kKeys80 ? 2 : 0);
-  static constexpr int kBarDO = 1 + 2 * kStages + (kDeterministic ? 4 : 0);  // do_full, do_empty
+  static constexpr bool kDqBars = kDeterministic || kDqWriters;  // dq_full[2], dq_empty[2]
+  static constexpr int kNumBars = 1 + 2 * kStages + (kDqBars ? 4 : 0) + (kKeys80 ? 2 : 0);
+  static constexpr int kBarDO = 1 + 2 * kStages + (kDqBars ? 4 : 0);  // do_full, do_empty
   // 80-key kernel: dQ piece 1 is staged over the finished Q stage unless the
   // stage has zero-filled tail panels (head dims 136..192); the stage is then
   // released by one thread per consumer (empty barrier count 2, else 8).
@@ -360,8 +369,8 @@ struct BwdSmem {
   uint64_t* kv_full;
   uint64_t* full;      // [kStages]
   uint64_t* empty;     // [kStages]
-  uint64_t* dq_full;   // [2], deterministic only
-  uint64_t* dq_empty;  // [2], deterministic only
+  uint64_t* dq_full;   // [2], dQ writers (kDqBars)
+  uint64_t* dq_empty;  // [2], dQ writers (kDqBars)
   uint64_t* do_full;   // 80-key kernel only: the single dO buffer
   uint64_t* do_empty;
   __device__ __forceinline__ explicit BwdSmem(uint8_t* base)
@@ -498,7 +507,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* kv_full = bars;
   uint64_t* full = bars + 1;
   uint64_t* empty = bars + 1 + kS;
-  uint64_t* dq_full = bars + 1 + 2 * kS;   // deterministic only
+  uint64_t* dq_full = bars + 1 + 2 * kS;   // dQ writers only (kDqBars)
   uint64_t* dq_empty = dq_full + 2;        // deterministic only
   uint64_t* do_full = bars + C::kBarDO;    // 80-key kernel only: the single dO buffer
   uint64_t* do_empty = do_full + 1;
@@ -619,7 +628,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       // consumer, once its dQ staging in the stage has been read.
       mbar_init(&empty[s], C::keys80_stages_dq(args.data_panels) ? 2 : 8);
     }
-    if constexpr (C::kDeterministic) {
+    if constexpr (C::kDqBars) {
       for (int w = 0; w < 2; ++w) {
         mbar_init(&dq_full[w], 128);  // every thread of consumer w
         mbar_init(&dq_empty[w], 1);   // the writer
@@ -721,6 +730,20 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
+    } else if (C::kDqWriters && (tid == 32 || tid == 64)) {
+      // dQ writers, default mode: as the deterministic ones below, without
+      // the turns. The buffer goes back once the bulk copy has read it.
+      const int w = tid / 32 - 1;
+      for (int it = 0; it < n_iters; ++it) {
+        const int2 hm = iter_hm(it);
+        const int64_t dst = row_offset(hm.x, hm.y) * kD + w * C::kDQPieceFloats;
+        mbar_wait(&dq_full[w], it & 1);
+        bulk_reduce_add_f32(args.dq_accum + dst, sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
+        tma_store_commit();
+        tma_store_wait_read_all();
+        mbar_arrive(&dq_empty[w]);
+      }
+      bulk_wait_all();  // complete before the CTA's shared memory goes away
     } else if (C::kDeterministic && !C::kKeys80 && (tid == 32 || tid == 64)) {
       // dQ writers (deterministic), one per consumer piece: thread 32 takes
       // consumer 0's pieces, thread 64 (another warp) consumer 1's. Each waits
@@ -1083,9 +1106,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
       // This thread's dQ fragment into its staging buffer (16-byte stores).
       auto stage_dq = [&](bool defer) {
-        if constexpr (C::kDeterministic) {
+        if constexpr (C::kDqBars) {
           // Staged for this consumer's writer thread (producer warpgroup), which
-          // adds it in turn; wait only until it has read this buffer's last piece.
+          // adds it (deterministic: in turn); wait only until it has read this
+          // buffer's last piece.
           // One lane spins, then the warp reconverges: a spin by every thread
           // here (end of the loop body) also cost the uniform datapath.
           if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
