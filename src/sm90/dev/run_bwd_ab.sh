@@ -6,13 +6,27 @@
 # backward GPU tests of the new build (GTEST_FILTER, default GpuBwd*), then
 # `flash4 bench --mode bwd` alternately: base, new, base, new (ROUNDS pairs);
 # ALT=<tree> adds a third build, benched as "alt" in each round; MODE=fwd
-# benches the forward instead.
+# benches the forward instead; ALT_TESTS=1 builds the alt tree's tests too and runs them.
 # Usage (repo root): bash src/sm90/dev/run_bwd_ab.sh BASE OUTDIR [bench args...]
 set -o pipefail
 BASE=${1:?base tree}; OUTD=${2:?out dir}; shift 2
 mkdir -p "$OUTD"
 J=$(nproc)
 G=""; [[ -d .devcarry/gtest/usr ]] && G="-DCMAKE_PREFIX_PATH=$PWD/.devcarry/gtest/usr -DGTest_DIR=$(ls -d $PWD/.devcarry/gtest/usr/lib/*/cmake/GTest | head -1)"
+# A tree extracted by `git archive` carries its commit's mtimes, older than the
+# objects a warm machine already has from another tree: ninja would keep those
+# stale objects. Touch a tree's files whenever its content differs from the
+# content its build folder was last built from.
+refresh_tree() {  # refresh_tree SRC BUILD
+  local h; h=$(cd "$1" && find . -type f -not -path './.git/*' | sort | xargs md5sum | md5sum | cut -c1-32)
+  mkdir -p "$2"
+  if [[ "$(cat "$2/.flash4-tree" 2>/dev/null)" != "$h" ]]; then
+    find "$1" -type f -not -path '*/.git/*' -exec touch {} +
+    echo "$h" > "$2/.flash4-tree"
+  fi
+}
+refresh_tree "$BASE" build-base
+[[ -n "${ALT:-}" ]] && refresh_tree "$ALT" build-alt
 t0=$SECONDS
 ( cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_PTXAS_VERBOSE=ON -DFLASH4_GIT_COMMIT_OVERRIDE=new $G >/dev/null &&
   cmake --build build-gpu -j"$J" ) > "$OUTD/build-new.log" 2>&1 & p1=$!
@@ -20,7 +34,8 @@ t0=$SECONDS
   cmake --build build-base -j"$J" ) > "$OUTD/build-base.log" 2>&1 & p2=$!
 p3=""
 if [[ -n "${ALT:-}" ]]; then  # optional third tree, benched as "alt"
-  ( cmake -S "$ALT" -B build-alt -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASH4_BUILD_TESTS=OFF -DFLASH4_GIT_COMMIT_OVERRIDE=alt >/dev/null &&
+  AT="-DFLASH4_BUILD_TESTS=OFF"; [[ "${ALT_TESTS:-0}" == 1 ]] && AT="-DFLASH4_BUILD_TESTS=ON $G"
+  ( cmake -S "$ALT" -B build-alt -G Ninja -DCMAKE_BUILD_TYPE=Release $AT -DFLASH4_GIT_COMMIT_OVERRIDE=alt >/dev/null &&
     cmake --build build-alt -j"$J" ) > "$OUTD/build-alt.log" 2>&1 & p3=$!
 fi
 wait $p1 || { echo "new build failed"; tail -30 "$OUTD/build-new.log"; exit 1; }
@@ -33,6 +48,11 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   timeout 300 build-gpu/flash4_tests --gtest_filter="${GTEST_FILTER:-GpuBwd*}" > "$OUTD/tests.log" 2>&1
   echo "tests rc=$? ($((SECONDS - t0)) s): $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUTD/tests.log" | tr '\n' ' ')"
   grep -E '^\[  FAILED  \]' "$OUTD/tests.log" | head -20
+  if [[ "${ALT_TESTS:-0}" == 1 ]]; then
+    timeout 300 build-alt/flash4_tests --gtest_filter="${GTEST_FILTER:-GpuBwd*}" > "$OUTD/tests-alt.log" 2>&1
+    echo "alt tests rc=$?: $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUTD/tests-alt.log" | tr '\n' ' ')"
+    grep -E '^\[  FAILED  \]' "$OUTD/tests-alt.log" | head -20
+  fi
 fi
 ARGS=("$@"); [[ ${#ARGS[@]} -eq 0 ]] && ARGS=(--headdim 64,128 --seqlen 512,1024,2048,4096,8192,16384 --causal 0,1)
 for r in $(seq 1 "${ROUNDS:-2}"); do
