@@ -5,7 +5,7 @@
 # network access, e.g. from git mirrors of Dao-AILab/flash-attention (commit
 # 0251105a, the one the project's H100 anchors used) and NVIDIA/cutlass (its
 # csrc/cutlass submodule commit, 7127592):
-#   git -C flash-attention archive 0251105a hopper | tar -x -C DIR
+#   git -C flash-attention archive 0251105a hopper README.md | tar -x -C DIR
 #   git -C cutlass archive 7127592 include tools/util/include | tar -x -C DIR --transform 's,^,csrc/cutlass/,'
 # Only bf16, the given head dims (default 128), no split / paged / softcap /
 # local / varlen / FP8 / sm80 variants are built, to keep the build to minutes.
@@ -13,8 +13,9 @@
 set -euo pipefail
 DIR=${1:?FA3 source tree (with hopper/ and csrc/cutlass/)}
 HD=${2:-128}
-[[ -f "$DIR/hopper/setup.py" && -d "$DIR/csrc/cutlass/include" ]] ||
-  { echo "build_fa3: $DIR needs hopper/setup.py and csrc/cutlass/include" >&2; exit 2; }
+# (setup.py reads ../README.md for its long description.)
+[[ -f "$DIR/hopper/setup.py" && -f "$DIR/README.md" && -d "$DIR/csrc/cutlass/include" ]] ||
+  { echo "build_fa3: $DIR needs hopper/setup.py, README.md and csrc/cutlass/include" >&2; exit 2; }
 for f in SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 FP8 VARLEN CLUSTER SM80 HDIMDIFF64 HDIMDIFF192; do
   export FLASH_ATTENTION_DISABLE_$f=TRUE
 done
