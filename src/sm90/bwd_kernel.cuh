@@ -42,14 +42,16 @@
 //                 (S^T of the next iteration issued here, BwdConfig::kIssueAhead)
 //                 dQ_w -> shared memory (dq_piece_offset layout, 16-byte
 //                        stores) -> one cp.reduce.async.bulk .add.f32 of 16 KB
-//                        into dq_accum (deterministic: by the piece's writer)
+//                        into dq_accum, issued by the piece's writer thread
+//                        (kDqWriters; deterministic: in turn, see below)
 //               Epilogue: dK * c and dV through shared memory and TMA stores
 //               (the store clips the key tail); written even when the block
 //               sees no query (zero gradients).
-//      Deterministic kernels: the reduce-adds are issued by two dQ writer
+//      dQ writers (d 64 / 128, every mode): the reduce-adds are issued by two
 //               threads (thread 32 for consumer 0's pieces, 64 for consumer
 //               1's: warps 1 and 2 of WG0) from staged pieces (dq_full /
-//               dq_empty mbarriers), see "Deterministic mode".
+//               dq_empty mbarriers); deterministic kernels add the semaphore
+//               turns, see "Deterministic mode".
 //    Head dim 256 (bwd_consumer_d256x80.cuh): 80-key blocks, the consumers
 //    split the keys for S / dP and the head dim for transposed dK / dV / dQ
 //    GEMMs; one dO stage (on its own do_full / do_empty barriers); dQ pieces
@@ -274,12 +276,6 @@ struct BwdConfig {
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
   // deterministic, so not there; head dim 64 spilled 56-128 B (its P^T / dS^T
   // fragments are twice as large).
-  // Head dim 128, default mode: the reduce-add of a staged dQ piece (fence,
-  // warpgroup barrier, bulk copy) is issued from the next iteration's front,
-  // after its exponentials, instead of right after the stores. (Head dim 64:
-  // ptxas spilled 384 B and serialised the wgmmas; causal softcap: 20 B.)
-  static constexpr bool kDeferDQCommit =
-      kHeadDim == 128 && !kDeterministic && !kSoftcap && !kDqWriters;
   static constexpr bool kEarlyDV =
       kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
   static constexpr int kNumThreads = 384;
@@ -873,23 +869,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     // computes P^T and dS^T and packs them (p_frag, ds_frag); a loop turn then
     // runs the dV, dK and dQ GEMMs of it, issues S^T of it + 1 while the dQ
     // GEMM runs (C::kIssueAhead), stages dQ, and runs front(it + 1).
-    // Default mode: the second half of handing a staged dQ piece to the bulk
-    // reduce-add (the stores are in stage_dq). With C::kDeferDQCommit it is
-    // called from front() of the next iteration, after its exponentials: the
-    // fence then finds the stores long complete (ncu: right after the stores
-    // it waited ~5% of the samples).
-    auto dq_commit = [&](int h, int m) {
-      fence_proxy_async_smem();
-      named_bar_sync(kBwdBarWG0 + cw, 128);
-      if (wthr == 0) {
-        bulk_reduce_add_f32(args.dq_accum + row_offset(h, m) * kD + cw * C::kDQPieceFloats,
-                            sDQ_mine, C::kDQPieceBytes);
-        tma_store_commit();
-      }
-    };
-
-    // pend: (h, m) of a staged dQ piece whose reduce-add front issues (x < 0: none).
-    auto front = [&](int it, bool s_issued, int2 pend) {
+    auto front = [&](int it, bool s_issued) {
       const int2 hm = iter_hm(it);
       const int m = hm.y;
       const int s = it % kS;
@@ -948,7 +928,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
               dp_acc[i] = pv * (dp_acc[i] - (e ? dd.y : dd.x)) * fmaf(-t, t, 1.0f);
             }
         }
-        if (pend.x >= 0) dq_commit(pend.x, pend.y);
       } else {
         // Head dim 64: the first two lse_log2 / D row pairs are read before
         // the S^T / dP^T waits (the waits' memory clobbers keep later loads
@@ -979,7 +958,6 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
           }
         }
-        if (pend.x >= 0) dq_commit(pend.x, pend.y);
         // ---- dV += P^T dO now (C::kEarlyDV), so the tensor pipe has work
         // during the dS^T math; drained at the end of front (nothing may be
         // in flight across the loop's back edge).
@@ -1031,11 +1009,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     };
 
     mbar_wait(kv_full, 0);  // also before the epilogue reuses sK / sV when n_iters == 0
-    if (n_iters > 0) front(0, false, make_int2(-1, 0));
+    if (n_iters > 0) front(0, false);
     for (int it = 0; it < n_iters; ++it) {
-      const int2 hm = iter_hm(it);
-      const int h = hm.x;
-      const int m = hm.y;
+      const int m = iter_hm(it).y;
       const int s = it % kS;
 
       // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
@@ -1105,27 +1081,19 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       if (lane == 0) mbar_arrive(&empty[s]);
       // ---- dQ piece -> shared memory -> bulk reduce-add into dq_accum
       // This thread's dQ fragment into its staging buffer (16-byte stores).
-      auto stage_dq = [&](bool defer) {
-        if constexpr (C::kDqBars) {
-          // Staged for this consumer's writer thread (producer warpgroup), which
-          // adds it (deterministic: in turn); wait only until it has read this
-          // buffer's last piece.
-          // One lane spins, then the warp reconverges: a spin by every thread
-          // here (end of the loop body) also cost the uniform datapath.
-          if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
-          __syncwarp();
-          bwd_store_dq_piece(sDQ_mine, dq, wthr);
-          fence_proxy_async_smem();
-          mbar_arrive(&dq_full[cw]);
-        } else {
-          if (wthr == 0) tma_store_wait_read_all();  // the previous reduce has read the buffer
-          named_bar_sync(kBwdBarWG0 + cw, 128);
-          bwd_store_dq_piece(sDQ_mine, dq, wthr);
-          if (!defer) dq_commit(h, m);
-        }
+      // Staged for this consumer's writer thread (producer warpgroup), which
+      // adds it (deterministic: in turn); wait only until it has read this
+      // buffer's last piece.
+      static_assert(C::kDqBars, "head dims 64 / 128 hand dQ to writer threads in every mode");
+      auto stage_dq = [&]() {
+        // One lane spins, then the warp reconverges: a spin by every thread
+        // here (end of the loop body) also cost the uniform datapath.
+        if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
+        __syncwarp();
+        bwd_store_dq_piece(sDQ_mine, dq, wthr);
+        fence_proxy_async_smem();
+        mbar_arrive(&dq_full[cw]);
       };
-      // C::kDeferDQCommit: the reduce-add of this piece is issued by front(it + 1).
-      const int2 pend = make_int2(C::kDeferDQCommit ? h : -1, m);
       // One branch per path, each ending with no wgmma in flight (ptxas does
       // not correlate two tests of the same condition: S^T looked in flight at
       // the loop exit, and it serialised every wgmma, C7515).
@@ -1139,12 +1107,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           wgmma_wait_group<0>();
         }
         reg_fence_array(dq);
-        stage_dq(/*defer*/ C::kDeferDQCommit);
-        front(it + 1, C::kIssueAhead, pend);
+        stage_dq();
+        front(it + 1, C::kIssueAhead);
       } else {
         wgmma_wait_group<0>();
         reg_fence_array(dq);
-        stage_dq(/*defer*/ false);
+        stage_dq();
       }
     }
     // ------------------------------------------------------------- epilogue
