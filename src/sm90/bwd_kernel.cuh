@@ -270,7 +270,11 @@ struct BwdConfig {
   // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). Not in
   // the deterministic d64 kernel: there it measured 2-4% slower. (dP^T cannot
   // go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
-  static constexpr bool kIssueAhead = !(kHeadDim == 64 && (kDeterministic || kDqWriters));
+  // d64 with the dQ writers: since the warp-uniform descriptors the plain and
+  // causal kernels keep their spills (0 / 16 B; before them: ~400 B and
+  // C7512); the local softcap kernel went from 20 to 132 B, so not there.
+  static constexpr bool kIssueAhead =
+      !(kHeadDim == 64 && (kDeterministic || (kLocal && kSoftcap)));
   // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
   // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
