@@ -282,6 +282,17 @@ struct BwdConfig {
   // fragments are twice as large).
   static constexpr bool kEarlyDV =
       kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
+  // The kEarlyDV kernel (d128 unmasked, default mode), from ncu against
+  // FlashAttention-3 (docs/notes/ncu-flash4-vs-fa3-bwd.md):
+  // kRowsAhead: the next stage's lse_log2 rows are read into registers right
+  //   after its full wait, before the S^T issue-ahead, and the D rows right
+  //   after the exponentials (the first FFMA waited on the lse loads, 5.3% of
+  //   the samples: the S^T wait before them is already satisfied).
+  // kLatePublish: a staged dQ piece is published to its writer (fence +
+  //   arrive) at the top of the next turn, not right after its stores (that
+  //   fence waited for the stores, 5.5% of the samples).
+  static constexpr bool kRowsAhead = kEarlyDV;
+  static constexpr bool kLatePublish = kEarlyDV;
   static constexpr int kNumThreads = 384;
   // 24 + 2 x 240 = 504 per lane. (32 + 2 x 240 = 512, the whole register
   // file, hung the deterministic kernels on H100: the consumers' setmaxnreg.inc
@@ -830,6 +841,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     float dq[32];
     uint32_t p_frag[kBM / 16][4];
     uint32_t ds_frag[kBM / 16][4];
+    float2 lse_r[C::kRowsAhead ? kBM / 8 : 1];  // C::kRowsAhead: lse_log2 rows of the next front
 #pragma unroll
     for (int i = 0; i < kNK; ++i) dv[i] = dk[i] = 0.f;
 
@@ -873,6 +885,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     // computes P^T and dS^T and packs them (p_frag, ds_frag); a loop turn then
     // runs the dV, dK and dQ GEMMs of it, issues S^T of it + 1 while the dQ
     // GEMM runs (C::kIssueAhead), stages dQ, and runs front(it + 1).
+    // C::kRowsAhead: this thread's lse_log2 row pairs of stage st into lse_r.
+    auto load_lse_rows = [&](int st) {
+#pragma unroll
+      for (int c = 0; c < kBM / 8; ++c)
+        lse_r[c] = *reinterpret_cast<const float2*>(sLse + st * kBM + 8 * c + 2 * quad);
+    };
+
     auto front = [&](int it, bool s_issued) {
       const int2 hm = iter_hm(it);
       const int m = hm.y;
@@ -880,6 +899,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       const int q0 = m * kBM;
       if (!s_issued) {
         mbar_wait(&full[s], (it / kS) & 1);
+        if constexpr (C::kRowsAhead) load_lse_rows(s);
         issue_kt(s_acc, k_base, q_base + s * C::kQBytes);
       }
       issue_kt(dp_acc, v_base, do_base + s * C::kQBytes);
@@ -948,8 +968,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         reg_fence_array(s_acc);
 #pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
-          const float2 l =
-              c < kPre ? lse_pre[c] : *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
+          float2 l;
+          if constexpr (C::kRowsAhead)
+            l = lse_r[c];
+          else
+            l = c < kPre ? lse_pre[c] : *reinterpret_cast<const float2*>(lse_s + 8 * c + 2 * quad);
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             float x0 = fmaf(s_acc[4 * c + 2 * hh], c2, -l.x);
@@ -961,6 +984,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
             s_acc[4 * c + 2 * hh] = ex2_approx(x0);
             s_acc[4 * c + 2 * hh + 1] = ex2_approx(x1);
           }
+        }
+        float2 dsum_r[C::kRowsAhead ? kBM / 8 : 1];  // D rows, read under the MUFUs
+        if constexpr (C::kRowsAhead) {
+#pragma unroll
+          for (int c = 0; c < kBM / 8; ++c)
+            dsum_r[c] = *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
         }
         // ---- dV += P^T dO now (C::kEarlyDV), so the tensor pipe has work
         // during the dS^T math; drained at the end of front (nothing may be
@@ -982,8 +1011,11 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         reg_fence_array(dp_acc);
 #pragma unroll
         for (int c = 0; c < kBM / 8; ++c) {
-          const float2 dd =
-              c < kPre ? dsum_pre[c] : *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
+          float2 dd;
+          if constexpr (C::kRowsAhead)
+            dd = dsum_r[c];
+          else
+            dd = c < kPre ? dsum_pre[c] : *reinterpret_cast<const float2*>(dsum_s + 8 * c + 2 * quad);
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             dp_acc[4 * c + 2 * hh] = s_acc[4 * c + 2 * hh] * (dp_acc[4 * c + 2 * hh] - dd.x);
@@ -1017,6 +1049,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     for (int it = 0; it < n_iters; ++it) {
       const int m = iter_hm(it).y;
       const int s = it % kS;
+      if constexpr (C::kLatePublish) {
+        if (it > 0) {  // the piece staged at the end of turn it - 1
+          fence_proxy_async_smem();
+          mbar_arrive(&dq_full[cw]);
+        }
+      }
 
       // ---- dV += P^T dO, dK += dS^T Q (B operands MN-major: rows = queries)
       {
@@ -1089,14 +1127,16 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       // adds it (deterministic: in turn); wait only until it has read this
       // buffer's last piece.
       static_assert(C::kDqBars, "head dims 64 / 128 hand dQ to writer threads in every mode");
-      auto stage_dq = [&]() {
+      auto stage_dq = [&](bool publish) {
         // One lane spins, then the warp reconverges: a spin by every thread
         // here (end of the loop body) also cost the uniform datapath.
         if (lane == 0) mbar_wait(&dq_empty[cw], (it & 1) ^ 1);
         __syncwarp();
         bwd_store_dq_piece(sDQ_mine, dq, wthr);
-        fence_proxy_async_smem();
-        mbar_arrive(&dq_full[cw]);
+        if (publish) {  // else at the top of the next turn (C::kLatePublish)
+          fence_proxy_async_smem();
+          mbar_arrive(&dq_full[cw]);
+        }
       };
       // One branch per path, each ending with no wgmma in flight (ptxas does
       // not correlate two tests of the same condition: S^T looked in flight at
@@ -1105,18 +1145,19 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         if constexpr (C::kIssueAhead) {
           const int sn = (it + 1) % kS;
           mbar_wait(&full[sn], ((it + 1) / kS) & 1);
+          if constexpr (C::kRowsAhead) load_lse_rows(sn);
           issue_kt(s_acc, k_base, q_base + sn * C::kQBytes);
           wgmma_wait_group<1>();  // the dQ GEMM (issued before it) is done
         } else {
           wgmma_wait_group<0>();
         }
         reg_fence_array(dq);
-        stage_dq();
+        stage_dq(/*publish*/ !C::kLatePublish);
         front(it + 1, C::kIssueAhead);
       } else {
         wgmma_wait_group<0>();
         reg_fence_array(dq);
-        stage_dq();
+        stage_dq(/*publish*/ true);
       }
     }
     // ------------------------------------------------------------- epilogue
