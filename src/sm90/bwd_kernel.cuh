@@ -519,7 +519,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint64_t* full = bars + 1;
   uint64_t* empty = bars + 1 + kS;
   uint64_t* dq_full = bars + 1 + 2 * kS;   // dQ writers only (kDqBars)
-  uint64_t* dq_empty = dq_full + 2;        // deterministic only
+  uint64_t* dq_empty = dq_full + 2;        // dQ writers only (kDqBars)
   uint64_t* do_full = bars + C::kBarDO;    // 80-key kernel only: the single dO buffer
   uint64_t* do_empty = do_full + 1;
 
@@ -741,47 +741,40 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         tma_load_2d(sLse + s * kBM, &args.tm_lse, &full[s], rc.x, rc.y);
         tma_load_2d(sDsum + s * kBM, &args.tm_dsum, &full[s], rc.x, rc.y);
       }
-    } else if (C::kDqWriters && (tid == 32 || tid == 64)) {
-      // dQ writers, default mode: as the deterministic ones below, without
-      // the turns. The buffer goes back once the bulk copy has read it.
+    } else if (!C::kKeys80 && (tid == 32 || tid == 64)) {
+      // dQ writers, one per consumer piece: thread 32 takes consumer 0's
+      // pieces, thread 64 (another warp) consumer 1's. Each waits for its
+      // staged piece, reduce-adds it and frees the staging buffer once read,
+      // so neither consumer's buffer waits for the other's piece (ncu: with
+      // one writer for both pieces, ~30% of the stall samples were consumers
+      // waiting for it). Deterministic: before the add, it waits for its turn
+      // on the piece's semaphore, and hands the turn on once the add is
+      // complete in global memory; the consumers only wait for a free buffer,
+      // so the semaphore waits and the adds' round trip overlap their next
+      // iteration's matmuls.
       const int w = tid / 32 - 1;
       for (int it = 0; it < n_iters; ++it) {
         const int2 hm = iter_hm(it);
+        int* sem = nullptr;  // deterministic: the piece's semaphore
+        if constexpr (C::kDeterministic) sem = dq_sem_of(hm.x, hm.y, w);
         const int64_t dst = row_offset(hm.x, hm.y) * kD + w * C::kDQPieceFloats;
         mbar_wait(&dq_full[w], it & 1);
-        bulk_reduce_add_f32(args.dq_accum + dst, sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
-        tma_store_commit();
-        tma_store_wait_read_all();
-        mbar_arrive(&dq_empty[w]);
-      }
-      bulk_wait_all();  // complete before the CTA's shared memory goes away
-    } else if (C::kDeterministic && !C::kKeys80 && (tid == 32 || tid == 64)) {
-      // dQ writers (deterministic), one per consumer piece: thread 32 takes
-      // consumer 0's pieces, thread 64 (another warp) consumer 1's. Each waits
-      // for its staged piece, for its turn on the piece's semaphore,
-      // reduce-adds it, frees the staging buffer once read, and hands the turn
-      // on once the add is complete in global memory. The consumers only wait
-      // for a free buffer, so the semaphore waits and the round trip of the
-      // adds overlap their next iteration's matmuls, and neither consumer's
-      // buffer waits for the other's piece (ncu: with one writer for both
-      // pieces, ~30% of the stall samples were consumers waiting for it).
-      const int w = tid / 32 - 1;
-      for (int it = 0; it < n_iters; ++it) {
-        const int2 hm = iter_hm(it);
-        int* sem = dq_sem_of(hm.x, hm.y, w);
-        const int64_t dst = row_offset(hm.x, hm.y) * kD + w * C::kDQPieceFloats;
-        mbar_wait(&dq_full[w], it & 1);
-        sem_wait_eq(sem, adds_before(hm.y));
-        fence_proxy_async_global();  // the acquire orders the bulk add below
+        if constexpr (C::kDeterministic) {
+          sem_wait_eq(sem, adds_before(hm.y));
+          fence_proxy_async_global();  // the acquire orders the bulk add below
+        }
         bulk_reduce_add_f32(args.dq_accum + dst, sDQ + w * C::kDQPieceFloats, C::kDQPieceBytes);
         tma_store_commit();
         tma_store_wait_read_all();  // the piece is read: the consumer may refill the buffer
         mbar_arrive(&dq_empty[w]);
-        bulk_wait_all();             // the add is complete in global memory (not only read)
-        fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
-        __threadfence();
-        red_release_gpu_add_s32(sem, 1);  // the next key block's turn
+        if constexpr (C::kDeterministic) {
+          bulk_wait_all();             // the add is complete in global memory (not only read)
+          fence_proxy_async_global();  // ... and ordered before this thread's generic accesses
+          __threadfence();
+          red_release_gpu_add_s32(sem, 1);  // the next key block's turn
+        }
       }
+      if constexpr (!C::kDeterministic) bulk_wait_all();  // before the shared memory goes away
     } else if (C::kDeterministic && C::kKeys80 && (tid == 32 || tid == 64)) {
       // Turn keepers (deterministic, head dim 256; bwd_consumer_d256x80.cuh):
       // the consumers add dQ from registers (nothing is staged); thread 32
