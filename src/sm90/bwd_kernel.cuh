@@ -273,8 +273,10 @@ struct BwdConfig {
   // d64 with the dQ writers: since the warp-uniform descriptors the plain and
   // causal kernels keep their spills (0 / 16 B; before them: ~400 B and
   // C7512); the local softcap kernel went from 20 to 132 B, so not there.
+  // Deterministic d64 (branch): plain / local / causal keep their spills
+  // (24 / 8 / 0 B), softcap 40 -> 164 B, so not with softcap.
   static constexpr bool kIssueAhead =
-      !(kHeadDim == 64 && (kDeterministic || (kLocal && kSoftcap)));
+      !(kHeadDim == 64 && kSoftcap && (kLocal || kDeterministic));
   // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
   // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
