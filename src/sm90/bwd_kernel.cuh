@@ -273,8 +273,10 @@ struct BwdConfig {
   // d64 with the dQ writers: since the warp-uniform descriptors the plain and
   // causal kernels keep their spills (0 / 16 B; before them: ~400 B and
   // C7512); the local softcap kernel went from 20 to 132 B, so not there.
+  // Deterministic d64 (branch): plain / local / causal keep their spills
+  // (24 / 8 / 0 B), softcap 40 -> 164 B, so not with softcap.
   static constexpr bool kIssueAhead =
-      !(kHeadDim == 64 && (kDeterministic || (kLocal && kSoftcap)));
+      !(kHeadDim == 64 && kSoftcap && (kLocal || kDeterministic));
   // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
   // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
   // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
@@ -496,6 +498,10 @@ namespace sm90 {
 template <class C>
 __global__ void __launch_bounds__(C::kNumThreads, 1)
     bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
+  // Launched programmatically after the preprocess (bwd_launch.cuh): wait for
+  // its completion (lse_log2 / D rows, zeroed dq_accum and semaphores) before
+  // anything else. A no-op without a programmatic dependency.
+  cudaGridDependencySynchronize();
   using T = typename C::Elem;
   constexpr int kD = C::kHeadDim;
   constexpr int kBM = C::kBlockM;
@@ -1197,6 +1203,11 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
 template <typename T, int kD, bool kDeterministic>
 __global__ void __launch_bounds__(256)
     bwd_preprocess_kernel(const BwdPrepArgs a, int* dq_sem_region) {
+  // Programmatic dependent launch: once every CTA of this grid has started,
+  // the main kernel's CTAs may be scheduled; they wait (griddepcontrol.wait)
+  // for this grid's completion before touching anything, so its launch and
+  // prologue overlap this grid's tail.
+  cudaTriggerProgrammaticLaunchCompletion();
   constexpr int kRows = 64;
   constexpr int kTPR = kD / 8;  // threads per row, 16 bytes each
   static_assert(32 % kTPR == 0, "a row's threads sit in one warp");
@@ -1254,6 +1265,7 @@ __host__ __device__ constexpr int bwd_post_rows() {
 
 template <typename T, int kD>
 __global__ void __launch_bounds__(256) bwd_postprocess_kernel(const BwdPostArgs a) {
+  cudaGridDependencySynchronize();  // the main kernel's dq_accum (programmatic launch)
   constexpr int kRows = bwd_post_rows<kD>();
   constexpr int kChunkRows = kD == 256 ? 64 : kRows;  // the main kernel's kBlockM
   constexpr int kParts = kChunkRows / kRows;

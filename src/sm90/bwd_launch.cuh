@@ -50,6 +50,20 @@ inline int bwd_post_rows(int kd) {
   return kd == 64 ? bwd_post_rows<64>() : kd == 128 ? bwd_post_rows<128>() : bwd_post_rows<256>();
 }
 
+// Programmatic dependent launch (PDL) of a kernel that follows another of
+// this call on the stream: its CTAs may start while the previous grid drains
+// and wait in griddepcontrol.wait (the kernels' first instruction) for its
+// completion. Only after a kernel of this call: the first kernel of a call
+// keeps full stream order with the caller's work (the main kernel reads Q,
+// K, V, dO the caller may have just written).
+inline void set_pdl(cudaLaunchConfig_t& cfg, cudaLaunchAttribute& attr, bool after_own_kernel) {
+  if (!after_own_kernel) return;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+}
+
 template <class C>
 cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
   auto kernel = bwd_kernel<C>;
@@ -63,6 +77,8 @@ cudaError_t launch_bwd_main(const BwdLaunch& l, cudaStream_t stream) {
   cfg.blockDim = dim3(C::kNumThreads, 1, 1);
   cfg.dynamicSmemBytes = C::kSmemBytes;
   cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  set_pdl(cfg, attr, l.prep_blocks > 0);
   return cudaLaunchKernelEx(&cfg, kernel, l.main);
 }
 
@@ -98,8 +114,13 @@ cudaError_t launch_bwd(const BwdLaunch& l, cudaStream_t stream) {
   if (l.post_blocks > 0) {
     const dim3 grid(static_cast<unsigned>(l.post_blocks), static_cast<unsigned>(l.heads_q),
                     static_cast<unsigned>(l.batch));
-    bwd_postprocess_kernel<T, kD><<<grid, 256, 0, stream>>>(l.post);
-    const cudaError_t e = cudaGetLastError();
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(256, 1, 1);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr;
+    set_pdl(cfg, attr, l.n_blocks > 0 || l.prep_blocks > 0);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, bwd_postprocess_kernel<T, kD>, l.post);
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;

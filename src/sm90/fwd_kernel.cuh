@@ -472,7 +472,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint32_t p_frag[kBN / 16][4];
   uint32_t q_frag[C::kQInRegs ? kD / 16 : 1][4];
   float m_ref[2];
-  float l_row[2];  // row sums (identical across the quad)
+  float l_row[2];  // this thread's part of the row sums (reduced over the quad in the epilogue)
 
   // Issue turns rotate 0 -> 1 -> ... -> kConsumers-1 -> 0: consumer c waits
   // on its token barrier (its 128 threads + the 128 of the passer) and passes
@@ -566,10 +566,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
       for (int c = 0; c < kNS / 4; ++c)
         v = fmaxf(v, fmaxf(s_acc[4 * c + 2 * hh], s_acc[4 * c + 2 * hh + 1]));
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-      mx[hh] = v;  // >= m_ref
+      mx[hh] = v;  // >= m_ref: this thread's part of the row max
     }
+    // The vote on the threads' partial maxima equals the vote on the row
+    // maxima (a row's quad is inside the warp, and x -> (x - m) c is
+    // monotone), so the max shuffles run only when the reference moves: the
+    // path from S to the first exponential loses two dependent shuffles
+    // (docs/notes/fa3-vs-flash4-fwd.md).
     bool mine;
     if constexpr (C::kRescaleThreshold > 0) {
       // (-inf) - (-inf) is NaN and compares false: a still-empty row never triggers.
@@ -583,6 +586,8 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (need) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
         scale[hh] = (mx[hh] == -INFINITY) ? 1.f : ex2_approx((m_ref[hh] - mx[hh]) * c_log2);
         m_ref[hh] = mx[hh];
       }
@@ -604,12 +609,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           }
           sum += x;
         }
-      // Row sum over the quad now (not once in the epilogue): the shuffles
-      // consume every exponential, and ptxas keeps warp-collective ops in
-      // order, so the MUFU work stays ahead of the following wgmma.wait
-      // (overlapping the in-flight P.V) instead of being sunk below it.
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      // This thread's part only: the quad reduces it once, in the epilogue
+      // (the scheduling pin after softmax_step keeps the exponentials ahead
+      // of the P.V wait without these shuffles).
       l_row[hh] = l_row[hh] * scale[hh] + sum;
     }
     return need;
@@ -695,7 +697,9 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
       se = seq_info(args, te.b);
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const float l = l_row[hh];
+        float l = l_row[hh];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
         inv[hh] = l > 0.f ? 1.f / l : 0.f;
         if (args.lse != nullptr && quad == 0) {
           const int row = m0e + row_tile0 + 8 * hh;
@@ -751,17 +755,21 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
         }
         bool pend_need = false;  // rescale of O owed before the next P.V
         float pend_scale[2] = {1.f, 1.f};
+        // Stage and parity of the previous block, carried (no division per block).
+        int s_prev = static_cast<int>(static_cast<uint32_t>(g) % kS);
+        uint32_t ph_prev = (static_cast<uint32_t>(g) / kS) & 1;
         for (int it = 1; it < n_blocks; ++it) {
           const int n = br.n_hi - 1 - it;
-          const int gc = g + it;
-          const int s = gc % kS;
-          const uint32_t ph = (gc / kS) & 1;
-          const int sp = (gc - 1) % kS;
-          const uint32_t php = ((gc - 1) / kS) & 1;
+          const int sp = s_prev;
+          const uint32_t php = ph_prev;
+          const int s = sp + 1 == kS ? 0 : sp + 1;
+          const uint32_t ph = sp + 1 == kS ? (php ^ 1u) : php;
+          s_prev = s;
+          ph_prev = ph;
           mbar_wait(&k_full[s], ph);
-          mbar_wait(&v_full[sp], php);
           sched_wait();
           issue_qk(s);
+          mbar_wait(&v_full[sp], php);  // V(it-1): after the Q K^T issue (FA3's place)
           // Inside the turn, while Q K^T executes (after P.V(j-1) retires, FA3's
           // place, measured 3-4% slower at long sequences, docs/perf.md).
           if (pend_need) rescale_o(pend_scale);
