@@ -170,6 +170,11 @@ struct FwdConfig {
   static constexpr bool kOverlap = kOverlap_;
   static constexpr bool kPingPong = kPingPong_;
   static constexpr int kRescaleThreshold = kRescaleThreshold_;
+  // kVoteFirst: the rescale vote on each thread's partial row max (the max
+  // shuffles only when the reference moves), row sums reduced over the quad
+  // in the epilogue, V(it-1) waited after the Q K^T issue. Measured (H200)
+  // +2-4% at d64 / d128 and -3-4% at d256 non-causal from 4k, so not d256.
+  static constexpr bool kVoteFirst = kHeadDim_ != 256;
   // > 0: of each thread's 8-column groups c of S, those with
   // c % kExp2EmuEvery == kExp2EmuEvery - 1 use the polynomial exp2
   // (FMA pipe) instead of MUFU.EX2: 1/kExp2EmuEvery of the exponentials.
@@ -472,7 +477,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint32_t p_frag[kBN / 16][4];
   uint32_t q_frag[C::kQInRegs ? kD / 16 : 1][4];
   float m_ref[2];
-  float l_row[2];  // this thread's part of the row sums (reduced over the quad in the epilogue)
+  float l_row[2];  // row sums (kVoteFirst: this thread's part, reduced over the quad in the epilogue)
 
   // Issue turns rotate 0 -> 1 -> ... -> kConsumers-1 -> 0: consumer c waits
   // on its token barrier (its 128 threads + the 128 of the passer) and passes
@@ -566,9 +571,13 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
       for (int c = 0; c < kNS / 4; ++c)
         v = fmaxf(v, fmaxf(s_acc[4 * c + 2 * hh], s_acc[4 * c + 2 * hh + 1]));
-      mx[hh] = v;  // >= m_ref: this thread's part of the row max
+      if constexpr (!C::kVoteFirst) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      }
+      mx[hh] = v;  // >= m_ref (kVoteFirst: this thread's part of the row max)
     }
-    // The vote on the threads' partial maxima equals the vote on the row
+    // kVoteFirst: the vote on the threads' partial maxima equals the vote on the row
     // maxima (a row's quad is inside the warp, and x -> (x - m) c is
     // monotone), so the max shuffles run only when the reference moves: the
     // path from S to the first exponential loses two dependent shuffles
@@ -586,8 +595,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
     if (need) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        if constexpr (C::kVoteFirst) {
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        }
         scale[hh] = (mx[hh] == -INFINITY) ? 1.f : ex2_approx((m_ref[hh] - mx[hh]) * c_log2);
         m_ref[hh] = mx[hh];
       }
@@ -609,9 +620,15 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           }
           sum += x;
         }
-      // This thread's part only: the quad reduces it once, in the epilogue
-      // (the scheduling pin after softmax_step keeps the exponentials ahead
-      // of the P.V wait without these shuffles).
+      // kVoteFirst: this thread's part only, the quad reduces it once in the
+      // epilogue (the scheduling pin after softmax_step keeps the
+      // exponentials ahead of the P.V wait without these shuffles). Else the
+      // row sum over the quad now: ptxas keeps warp-collective ops in order,
+      // so the MUFU work stays ahead of the following wgmma.wait.
+      if constexpr (!C::kVoteFirst) {
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      }
       l_row[hh] = l_row[hh] * scale[hh] + sum;
     }
     return need;
@@ -698,8 +715,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         float l = l_row[hh];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        if constexpr (C::kVoteFirst) {
+          l += __shfl_xor_sync(0xffffffffu, l, 1);
+          l += __shfl_xor_sync(0xffffffffu, l, 2);
+        }
         inv[hh] = l > 0.f ? 1.f / l : 0.f;
         if (args.lse != nullptr && quad == 0) {
           const int row = m0e + row_tile0 + 8 * hh;
@@ -767,9 +786,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           s_prev = s;
           ph_prev = ph;
           mbar_wait(&k_full[s], ph);
+          if constexpr (!C::kVoteFirst) mbar_wait(&v_full[sp], php);
           sched_wait();
           issue_qk(s);
-          mbar_wait(&v_full[sp], php);  // V(it-1): after the Q K^T issue (FA3's place)
+          if constexpr (C::kVoteFirst) mbar_wait(&v_full[sp], php);  // V(it-1): after the Q K^T issue (FA3's place)
           // Inside the turn, while Q K^T executes (after P.V(j-1) retires, FA3's
           // place, measured 3-4% slower at long sequences, docs/perf.md).
           if (pend_need) rescale_o(pend_scale);
