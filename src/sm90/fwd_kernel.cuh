@@ -170,11 +170,17 @@ struct FwdConfig {
   static constexpr bool kOverlap = kOverlap_;
   static constexpr bool kPingPong = kPingPong_;
   static constexpr int kRescaleThreshold = kRescaleThreshold_;
-  // kVoteFirst: the rescale vote on each thread's partial row max (the max
-  // shuffles only when the reference moves), row sums reduced over the quad
-  // in the epilogue, V(it-1) waited after the Q K^T issue. Measured (H200)
-  // +2-4% at d64 / d128 and -3-4% at d256 non-causal from 4k, so not d256.
+  // A shorter consumer path (docs/notes/fa3-vs-flash4-fwd.md), three parts:
+  //   kVoteFirst: the rescale vote on each thread's partial row max (the max
+  //     shuffles only when the reference moves);
+  //   kRowSumsLate: row sums kept per thread, reduced over the quad in the
+  //     epilogue;
+  //   kVWaitLate: V(it-1) waited after the Q K^T issue.
+  // Measured together (H200): +2-4% at d64 / d128, -3-4% at d256 non-causal
+  // from 4k, so not at d256.
   static constexpr bool kVoteFirst = kHeadDim_ != 256;
+  static constexpr bool kRowSumsLate = kHeadDim_ != 256;
+  static constexpr bool kVWaitLate = kHeadDim_ != 256;
   // > 0: of each thread's 8-column groups c of S, those with
   // c % kExp2EmuEvery == kExp2EmuEvery - 1 use the polynomial exp2
   // (FMA pipe) instead of MUFU.EX2: 1/kExp2EmuEvery of the exponentials.
@@ -477,7 +483,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
   uint32_t p_frag[kBN / 16][4];
   uint32_t q_frag[C::kQInRegs ? kD / 16 : 1][4];
   float m_ref[2];
-  float l_row[2];  // row sums (kVoteFirst: this thread's part, reduced over the quad in the epilogue)
+  float l_row[2];  // row sums (kRowSumsLate: this thread's part, reduced over the quad in the epilogue)
 
   // Issue turns rotate 0 -> 1 -> ... -> kConsumers-1 -> 0: consumer c waits
   // on its token barrier (its 128 threads + the 128 of the passer) and passes
@@ -620,12 +626,12 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           }
           sum += x;
         }
-      // kVoteFirst: this thread's part only, the quad reduces it once in the
+      // kRowSumsLate: this thread's part only, the quad reduces it once in the
       // epilogue (the scheduling pin after softmax_step keeps the
       // exponentials ahead of the P.V wait without these shuffles). Else the
       // row sum over the quad now: ptxas keeps warp-collective ops in order,
       // so the MUFU work stays ahead of the following wgmma.wait.
-      if constexpr (!C::kVoteFirst) {
+      if constexpr (!C::kRowSumsLate) {
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       }
@@ -715,7 +721,7 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         float l = l_row[hh];
-        if constexpr (C::kVoteFirst) {
+        if constexpr (C::kRowSumsLate) {
           l += __shfl_xor_sync(0xffffffffu, l, 1);
           l += __shfl_xor_sync(0xffffffffu, l, 2);
         }
@@ -786,10 +792,10 @@ __global__ void __launch_bounds__(C::kNumThreads, 1)
           s_prev = s;
           ph_prev = ph;
           mbar_wait(&k_full[s], ph);
-          if constexpr (!C::kVoteFirst) mbar_wait(&v_full[sp], php);
+          if constexpr (!C::kVWaitLate) mbar_wait(&v_full[sp], php);
           sched_wait();
           issue_qk(s);
-          if constexpr (C::kVoteFirst) mbar_wait(&v_full[sp], php);  // V(it-1): after the Q K^T issue (FA3's place)
+          if constexpr (C::kVWaitLate) mbar_wait(&v_full[sp], php);  // V(it-1): after the Q K^T issue (FA3's place)
           // Inside the turn, while Q K^T executes (after P.V(j-1) retires, FA3's
           // place, measured 3-4% slower at long sequences, docs/perf.md).
           if (pend_need) rescale_o(pend_scale);
