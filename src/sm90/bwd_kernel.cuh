@@ -277,14 +277,15 @@ struct BwdConfig {
   // (24 / 8 / 0 B), softcap 40 -> 164 B, so not with softcap.
   static constexpr bool kIssueAhead =
       !(kHeadDim == 64 && kSoftcap && (kLocal || kDeterministic));
-  // Head dim 128, unmasked, default mode: dV += P^T dO is issued as soon as
-  // P^T is packed, before the wait for dP^T, so it runs during the dS^T math
-  // (H200 A/B: +1-2% at 2k-16k). Measured 1-3.5% slower causal and +-1%
+  // Head dim 128, unmasked or causal, default mode: dV += P^T dO is issued as
+  // soon as P^T is packed, before the wait for dP^T, so it runs during the
+  // dS^T math (H200 A/B: +1-2% at 2k-16k unmasked). Causal: measured 1-3.5%
+  // slower before the dQ writer threads; with them, and with kRowsAhead /
+  // kLatePublish below, +1-5% at 1k-16k (H200, 2026-12-03). +-1%
   // deterministic, so not there; head dim 64 spilled 56-128 B (its P^T / dS^T
   // fragments are twice as large).
-  static constexpr bool kEarlyDV =
-      kHeadDim == 128 && !kSoftcap && !kCausal && !kLocal && !kDeterministic;
-  // The kEarlyDV kernel (d128 unmasked, default mode), from ncu against
+  static constexpr bool kEarlyDV = kHeadDim == 128 && !kSoftcap && !kLocal && !kDeterministic;
+  // The kEarlyDV kernels (d128 unmasked and causal, default mode), from ncu against
   // FlashAttention-3 (docs/notes/ncu-flash4-vs-fa3-bwd.md):
   // kRowsAhead: the next stage's lse_log2 rows are read into registers right
   //   after its full wait, before the S^T issue-ahead, and the D rows right
