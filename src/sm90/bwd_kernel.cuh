@@ -267,14 +267,15 @@ struct BwdConfig {
   static constexpr bool kDqWriters = !kDeterministic && !kKeys80;
   // Head dims 64 / 128: a consumer issues the next iteration's S^T before it
   // waits for this iteration's dQ GEMM, so the dQ wait, its staging and the
-  // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). Not in
-  // the deterministic d64 kernel: there it measured 2-4% slower. (dP^T cannot
-  // go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
+  // loop turn overlap tensor work (H200 A/B: d128 +0-4%, d64 +0-2%). (dP^T
+  // cannot go ahead too: its accumulators do not fit; ptxas spilled 520-620 B.)
   // d64 with the dQ writers: since the warp-uniform descriptors the plain and
   // causal kernels keep their spills (0 / 16 B; before them: ~400 B and
   // C7512); the local softcap kernel went from 20 to 132 B, so not there.
-  // Deterministic d64 (branch): plain / local / causal keep their spills
-  // (24 / 8 / 0 B), softcap 40 -> 164 B, so not with softcap.
+  // Deterministic d64: measured 2-4% slower before the warp-uniform
+  // descriptors; since them +1-2.5% non-causal, 0-0.5% causal (H200,
+  // 2026-12-03); plain / local / causal keep their spills (24 / 8 / 0 B),
+  // softcap 40 -> 164 B, so not with softcap.
   static constexpr bool kIssueAhead =
       !(kHeadDim == 64 && kSoftcap && (kLocal || kDeterministic));
   // Head dim 128, unmasked or causal, default mode: dV += P^T dO is issued as
