@@ -6,9 +6,9 @@
 # JSON-lines file (commit field = the tree's name), and prints each tree's
 # median TFLOP/s ratio to the base per point.
 #
-# A tree is a folder with the project's CMakeLists.txt, e.g. made with
-#   git archive <branch> CMakeLists.txt cmake include src tools python pyproject.toml | tar -x -C .devcarry/<name>
-# or "." for the working tree. Trees extracted by `git archive` carry commit-time
+# A tree is a folder with the project's CMakeLists.txt, e.g. made on the host
+# with `bash src/sm90/dev/make_trees.sh NAME=BRANCH...` (.devcarry/NAME), or
+# "." for the working tree. Trees extracted by `git archive` carry commit-time
 # mtimes, so a tree whose content changed since its folder was last built is
 # touched first (else ninja keeps objects of the previous tree).
 #
