@@ -1218,6 +1218,11 @@ __global__ void __launch_bounds__(256)
   const int b = static_cast<int>(blockIdx.z);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;
   const int2 sq = a.rs.seq(b);  // (first packed row, length)
+  if constexpr (kDeterministic) {  // the CTA ticket counter, before any early return
+    // (this CTA returns at once when sequence 0 is empty under varlen)
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+      dq_sem_region[0] = 0;
+  }
   if (row0 >= (sq.y + 127) / 128 * 128) return;
   const int64_t base = a.rs.base(b, h, sq.x);
   const int part = threadIdx.x % kTPR;
@@ -1247,10 +1252,8 @@ __global__ void __launch_bounds__(256)
   }
   float4* z = reinterpret_cast<float4*>(a.dq_accum + (base + row0) * kD);
   for (int e = threadIdx.x; e < kRows * kD / 4; e += 256) z[e] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if constexpr (kDeterministic) {  // the semaphores of these rows' pieces (and the ticket)
+  if constexpr (kDeterministic) {  // the semaphores of these rows' pieces
     if (threadIdx.x < 2) dq_sem_region[4 + (base + row0) / 32 + threadIdx.x] = 0;
-    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
-      dq_sem_region[0] = 0;
   } else {
     (void)dq_sem_region;
   }
