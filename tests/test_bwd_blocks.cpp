@@ -2,7 +2,8 @@
 // brute-force scan of the mask: bwd_m_range must return exactly the query
 // blocks with a visible (query, key) pair in the key block, and the key
 // blocks that add into a query block must be contiguous from
-// bwd_first_adder (the deterministic mode's order rests on both). Block
+// bwd_first_adder to bwd_last_adder (the deterministic mode's order rests on
+// both; an in-kernel dQ finish would count adders with them). Block
 // sizes of every kernel: 64 / 128 queries, 64 / 80 / 128 keys.
 #include <gtest/gtest.h>
 
@@ -60,6 +61,9 @@ void check_case(int sq, int sk, int left, int right) {
     for (int n = first; n <= last; ++n)
       ASSERT_TRUE(sees[n][m]) << "adders of m " << m << " not contiguous (sq " << sq << " sk "
                               << sk << " win (" << left << ", " << right << "))";
+    const int last_adder = flash4::sm90::bwd_last_adder<kBM, kBN>(m, sq, sk, right);
+    ASSERT_EQ(last_adder, last) << "bm " << kBM << " bn " << kBN << " sq " << sq << " sk " << sk
+                                << " win (" << left << ", " << right << ") m " << m;
     const int first_adder = flash4::sm90::bwd_first_adder<kBM, kBN>(m, sq, sk, left);
     ASSERT_EQ(first_adder, first)
         << "bm " << kBM << " bn " << kBN << " sq " << sq << " sk " << sk << " win (" << left

@@ -625,6 +625,15 @@ std::vector<Case> deterministic_cases() {
     v.push_back(c);
   }
   {
+    // Sequence 0 empty: the preprocess CTA that resets the CTA ticket counter
+    // has no rows of its own (a stale counter sent CTAs out of range).
+    Case c;
+    c.name = "bf16_d128_varlen_first_empty";
+    c.p.varlen = true; c.p.batch = 3; c.p.seqlens_q = {0, 300, 129}; c.p.seqlens_k = {200, 400, 0};
+    c.p.heads_q = 4; c.p.heads_kv = 2; c.p.headdim = 128;
+    v.push_back(c);
+  }
+  {
     Case c;
     c.name = "bf16_d64_varlen_seqused_causal";
     std::mt19937_64 rng(h::mix_seed(base_seed(), 0xb3));

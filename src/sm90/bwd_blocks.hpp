@@ -73,5 +73,17 @@ FLASH4_BWD_BLOCKS_FN bool bwd_has_adder(int m, int sq, int sk, int left, int rig
   return m >= r.begin && m < r.end;
 }
 
+// The last key block that adds into query block m (valid when some block
+// does: the adders are bwd_first_adder .. this one). For an in-kernel dQ
+// finish (docs/notes/bwd-pre-post-costs.md, design A1): the piece's adder
+// count is last - first + 1.
+template <int kBM, int kBN>
+FLASH4_BWD_BLOCKS_FN int bwd_last_adder(int m, int sq, int sk, int right) {
+  const int64_t i_last = bwd_min64(static_cast<int64_t>(m) * kBM + kBM, static_cast<int64_t>(sq)) - 1;
+  int64_t last_key = static_cast<int64_t>(sk) - 1;
+  if (right >= 0) last_key = bwd_min64(last_key, i_last + (static_cast<int64_t>(sk) - sq) + right);
+  return static_cast<int>(last_key / kBN);
+}
+
 }  // namespace sm90
 }  // namespace flash4

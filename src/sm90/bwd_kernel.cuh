@@ -1232,6 +1232,11 @@ __global__ void __launch_bounds__(256)
   const int b = static_cast<int>(blockIdx.z);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;
   const int2 sq = a.rs.seq(b);  // (first packed row, length)
+  if constexpr (kDeterministic) {  // the CTA ticket counter, before any early return
+    // (this CTA returns at once when sequence 0 is empty under varlen)
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+      dq_sem_region[0] = 0;
+  }
   if (row0 >= (sq.y + 127) / 128 * 128) return;
   const int64_t base = a.rs.base(b, h, sq.x);
   const int part = threadIdx.x % kTPR;
@@ -1260,22 +1265,24 @@ __global__ void __launch_bounds__(256)
     }
   }
   // dq_accum: zeros, except (deterministic, head dims 64 / 128) where the
-  // main kernel's first adder of the query block stores its piece.
+  // main kernel's first adder of the query block stores its piece. The tile
+  // sizes are the main kernel's (BwdConfig: kBlockM = 8192 / d, kBlockN = 128).
   bool zero = true;
   if constexpr (kDeterministic && kD <= 128) {
+    using Cfg = BwdConfig<kD, T, false>;
+    static_assert(Cfg::kBlockM == 8192 / kD && Cfg::kBlockN == 128 && Cfg::kBlockM % kRows == 0,
+                  "the preprocess's chunks and the main kernel's query blocks");
     const int sk = seq_coords(a.rs.cu_seqlens_q, a.cu_seqlens_k, a.seqused_k, a.rs.seqlen_q,
                               a.seqlen_k, b).sk;
-    zero = !bwd_has_adder<8192 / kD, 128>(row0 / (8192 / kD), sq.y, sk, a.window_left,
-                                          a.window_right);
+    zero = !bwd_has_adder<Cfg::kBlockM, Cfg::kBlockN>(row0 / Cfg::kBlockM, sq.y, sk,
+                                                      a.window_left, a.window_right);
   }
   if (zero) {
     float4* z = reinterpret_cast<float4*>(a.dq_accum + (base + row0) * kD);
     for (int e = threadIdx.x; e < kRows * kD / 4; e += 256) z[e] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  if constexpr (kDeterministic) {  // the semaphores of these rows' pieces (and the ticket)
+  if constexpr (kDeterministic) {  // the semaphores of these rows' pieces
     if (threadIdx.x < 2) dq_sem_region[4 + (base + row0) / 32 + threadIdx.x] = 0;
-    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
-      dq_sem_region[0] = 0;
   } else {
     (void)dq_sem_region;
   }

@@ -176,11 +176,12 @@ struct FwdConfig {
   //   kRowSumsLate: row sums kept per thread, reduced over the quad in the
   //     epilogue;
   //   kVWaitLate: V(it-1) waited after the Q K^T issue.
-  // Measured together (H200): +2-4% at d64 / d128, -3-4% at d256 non-causal
-  // from 4k, so not at d256.
+  // One decision for the three (H200): together +2-4% at d64 / d128; at d256
+  // no part, alone or together, moved the time beyond the noise, so d256
+  // keeps the previous path.
   static constexpr bool kVoteFirst = kHeadDim_ != 256;
-  static constexpr bool kRowSumsLate = kHeadDim_ != 256;
-  static constexpr bool kVWaitLate = kHeadDim_ != 256;
+  static constexpr bool kRowSumsLate = kVoteFirst;
+  static constexpr bool kVWaitLate = kVoteFirst;
   // > 0: of each thread's 8-column groups c of S, those with
   // c % kExp2EmuEvery == kExp2EmuEvery - 1 use the polynomial exp2
   // (FMA pipe) instead of MUFU.EX2: 1/kExp2EmuEvery of the exponentials.

@@ -6,9 +6,9 @@
 # JSON-lines file (commit field = the tree's name), and prints each tree's
 # median TFLOP/s ratio to the base per point.
 #
-# A tree is a folder with the project's CMakeLists.txt, e.g. made with
-#   git archive <branch> CMakeLists.txt cmake include src tools python pyproject.toml | tar -x -C .devcarry/<name>
-# or "." for the working tree. Trees extracted by `git archive` carry commit-time
+# A tree is a folder with the project's CMakeLists.txt, e.g. made on the host
+# with `bash src/sm90/dev/make_trees.sh NAME=BRANCH...` (.devcarry/NAME), or
+# "." for the working tree. Trees extracted by `git archive` carry commit-time
 # mtimes, so a tree whose content changed since its folder was last built is
 # touched first (else ninja keeps objects of the previous tree).
 #
@@ -33,16 +33,7 @@ FILTER=${GTEST_FILTER-$([[ $MODE == fwd ]] && echo 'GpuFwd*' || echo 'GpuBwd*')}
 J=$(nproc)
 G=""; [[ -d .devcarry/gtest/usr ]] && G="-DCMAKE_PREFIX_PATH=$PWD/.devcarry/gtest/usr -DGTest_DIR=$(ls -d $PWD/.devcarry/gtest/usr/lib/*/cmake/GTest | head -1)"
 
-refresh_tree() {  # refresh_tree SRC BUILD
-  local h; h=$(cd "$1" && find . -type f -not -path './.git/*' -not -path './build*' -not -path './.devcarry/*' \
-    \( -path './src/*' -o -path './include/*' -o -path './tools/*' -o -path './cmake/*' -o -name CMakeLists.txt \) |
-    sort | xargs md5sum | md5sum | cut -c1-32)
-  mkdir -p "$2"
-  if [[ "$(cat "$2/.flash4-tree" 2>/dev/null)" != "$h" ]]; then
-    (cd "$1" && find src include tools cmake CMakeLists.txt -type f -exec touch {} + 2>/dev/null)
-    echo "$h" > "$2/.flash4-tree"
-  fi
-}
+source "$(dirname "$0")/refresh_tree.sh"
 
 t0=$SECONDS
 PIDS=()

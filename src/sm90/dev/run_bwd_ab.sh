@@ -13,18 +13,7 @@ BASE=${1:?base tree}; OUTD=${2:?out dir}; shift 2
 mkdir -p "$OUTD"
 J=$(nproc)
 G=""; [[ -d .devcarry/gtest/usr ]] && G="-DCMAKE_PREFIX_PATH=$PWD/.devcarry/gtest/usr -DGTest_DIR=$(ls -d $PWD/.devcarry/gtest/usr/lib/*/cmake/GTest | head -1)"
-# A tree extracted by `git archive` carries its commit's mtimes, older than the
-# objects a warm machine already has from another tree: ninja would keep those
-# stale objects. Touch a tree's files whenever its content differs from the
-# content its build folder was last built from.
-refresh_tree() {  # refresh_tree SRC BUILD
-  local h; h=$(cd "$1" && find . -type f -not -path './.git/*' | sort | xargs md5sum | md5sum | cut -c1-32)
-  mkdir -p "$2"
-  if [[ "$(cat "$2/.flash4-tree" 2>/dev/null)" != "$h" ]]; then
-    find "$1" -type f -not -path '*/.git/*' -exec touch {} +
-    echo "$h" > "$2/.flash4-tree"
-  fi
-}
+source "$(dirname "$0")/refresh_tree.sh"
 refresh_tree "$BASE" build-base
 [[ -n "${ALT:-}" ]] && refresh_tree "$ALT" build-alt
 t0=$SECONDS
