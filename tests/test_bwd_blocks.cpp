@@ -54,6 +54,9 @@ void check_case(int sq, int sk, int left, int right) {
         if (first < 0) first = n;
         last = n;
       }
+    ASSERT_EQ((flash4::sm90::bwd_has_adder<kBM, kBN>(m, sq, sk, left, right)), first >= 0)
+        << "bm " << kBM << " bn " << kBN << " sq " << sq << " sk " << sk << " win (" << left
+        << ", " << right << ") m " << m;
     if (first < 0) continue;  // no adder: nobody waits on m
     for (int n = first; n <= last; ++n)
       ASSERT_TRUE(sees[n][m]) << "adders of m " << m << " not contiguous (sq " << sq << " sk "

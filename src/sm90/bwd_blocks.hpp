@@ -62,6 +62,17 @@ FLASH4_BWD_BLOCKS_FN int bwd_first_adder(int m, int sq, int sk, int left) {
   return left >= 0 ? static_cast<int>(bwd_max64(int64_t(0), first_key) / kBN) : 0;
 }
 
+// Whether some key block adds into query block m: the first candidate
+// (bwd_first_adder) sees m, as the rows of m see one contiguous key range.
+// Deterministic mode: the first adder stores its piece instead of adding, so
+// the preprocess zeroes only the blocks no key block reaches.
+template <int kBM, int kBN>
+FLASH4_BWD_BLOCKS_FN bool bwd_has_adder(int m, int sq, int sk, int left, int right) {
+  const BwdBlockRange r =
+      bwd_m_range<kBM, kBN>(bwd_first_adder<kBM, kBN>(m, sq, sk, left), sq, sk, left, right);
+  return m >= r.begin && m < r.end;
+}
+
 // The last key block that adds into query block m (valid when some block
 // does: the adders are bwd_first_adder .. this one). For an in-kernel dQ
 // finish (docs/notes/bwd-pre-post-costs.md, design A1): the piece's adder

@@ -8,6 +8,8 @@
 //                            dimension contiguous.
 //   bulk_reduce_add_f32      cp.reduce.async.bulk .add.f32 shared -> global
 //                            (bulk_group): the dQ accumulation.
+//   bulk_store_or_add_f32    either of the two (predicated): the first add
+//                            of a deterministic dQ piece stores it.
 //   bulk_wait_all            cp.async.bulk.wait_group 0 (writes done, not
 //                            only the shared-memory reads).
 //   fence_proxy_async_global fence.proxy.async.global: orders the async
@@ -57,6 +59,19 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem_dst, const float
   asm volatile(
       "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem_dst),
       "r"(smem_u32(smem_src)), "r"(bytes)
+      : "memory");
+}
+
+// store ? cp.async.bulk (a plain copy) : cp.reduce.async.bulk .add.f32, as
+// two predicated instructions (no branch): the deterministic mode's first add
+// of a dQ piece stores it.
+__device__ __forceinline__ void bulk_store_or_add_f32(float* gmem_dst, const float* smem_src,
+                                                      uint32_t bytes, bool store) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
+      " @p cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n"
+      " @!p cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n}\n" ::"l"(gmem_dst),
+      "r"(smem_u32(smem_src)), "r"(bytes), "r"(static_cast<uint32_t>(store))
       : "memory");
 }
 

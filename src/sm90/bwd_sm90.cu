@@ -278,6 +278,11 @@ cudaError_t sm90_bwd_run(const BwdParams& p, cudaStream_t stream) {
   pr.dsum = dsum;
   pr.rs = rs;
   pr.headdim = p.headdim;
+  pr.cu_seqlens_k = p.cu_seqlens_k;
+  pr.seqused_k = p.seqused_k;
+  pr.seqlen_k = p.seqlen_k;
+  pr.window_left = left;
+  pr.window_right = right;
 
   sm90::BwdPostArgs& po = l.post;
   po.dq_accum = dq_accum;
